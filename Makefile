@@ -1,0 +1,18 @@
+GO ?= go
+
+.PHONY: run test build bench chaos clean
+
+# Start the whole pipeline locally: private Postgres, embedded NATS, the Sequin
+# stand-in, a fake regulator, the service and a demo producer. Ctrl-C stops it.
+run: build
+	./bin/eventruntime dev
+
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+build:
+	$(GO) build -o bin/eventruntime ./cmd/eventruntime
+
+clean:
+	rm -rf .data bin

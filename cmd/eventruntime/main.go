@@ -1,0 +1,71 @@
+// Command eventruntime runs the event runtime: `serve` runs the workers,
+// `migrate` manages the schema, and `dev` starts a whole local pipeline with
+// a demo producer.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: eventruntime <command> [arguments]
+
+commands:
+  serve            run the NATS consumers, River workers and HTTP endpoints
+  migrate up       apply River's and eventruntime's migrations
+  migrate status   list migrations and whether each is applied
+  dev              start a private Postgres, embedded NATS, the Sequin
+                   stand-in, a fake regulator, serve and a demo producer
+
+Configuration comes from environment variables; see README.md.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	logger := newLogger()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = runServe(ctx, logger)
+	case "migrate":
+		err = runMigrate(ctx, logger, os.Args[2:])
+	case "dev":
+		err = runDev(ctx, logger)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		err = fmt.Errorf("unknown command %q\n\n%s", os.Args[1], usage)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		logger.Error("command failed", "event", "command.failed", "command", os.Args[1], "error", err)
+		fmt.Fprintf(os.Stderr, "eventruntime %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func newLogger() *slog.Logger {
+	level := slog.LevelInfo
+	if err := level.UnmarshalText([]byte(envOr("LOG_LEVEL", "info"))); err != nil {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func envOr(name, fallback string) string {
+	if value := os.Getenv(name); value != "" {
+		return value
+	}
+	return fallback
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/finnest/eventruntime/migrations"
+	"github.com/finnest/eventruntime/outbox"
+	"github.com/finnest/eventruntime/regulator"
+	"github.com/finnest/eventruntime/regulator/ofb"
+	"github.com/finnest/eventruntime/worker"
+)
+
+// serviceConfig reads the service's settings from the environment.
+func serviceConfig(logger *slog.Logger) (worker.Config, error) {
+	cfg := worker.Config{
+		DatabaseURL: os.Getenv("DATABASE_URL"),
+		Decoder:     worker.DecodeSequin,
+		HTTPAddr:    envOr("HTTP_ADDR", "127.0.0.1:8080"),
+		Logger:      logger,
+		NATSURL:     os.Getenv("NATS_URL"),
+	}
+	if cfg.DatabaseURL == "" {
+		return cfg, fmt.Errorf("DATABASE_URL is not set")
+	}
+	if cfg.NATSURL == "" {
+		return cfg, fmt.Errorf("NATS_URL is not set")
+	}
+	var err error
+	if cfg.FlushEvery, err = durationEnv("FLUSH_EVERY", time.Second); err != nil {
+		return cfg, err
+	}
+	if cfg.ShutdownTimeout, err = durationEnv("SHUTDOWN_TIMEOUT", 30*time.Second); err != nil {
+		return cfg, err
+	}
+	if cfg.ConsumerBatchSize, err = intEnv("CONSUMER_BATCH_SIZE", 256); err != nil {
+		return cfg, err
+	}
+	if subjects := os.Getenv("NATS_STREAM_SUBJECT"); subjects != "" {
+		cfg.Stream.Subjects = []string{subjects}
+	}
+	cfg.Stream.Name = envOr("NATS_STREAM", "OUTBOX")
+
+	var rootCAs *x509.CertPool
+	if caFile := os.Getenv("REGULATOR_CA_FILE"); caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return cfg, fmt.Errorf("read REGULATOR_CA_FILE: %w", err)
+		}
+		rootCAs = x509.NewCertPool()
+		if !rootCAs.AppendCertsFromPEM(pem) {
+			return cfg, fmt.Errorf("REGULATOR_CA_FILE %s holds no PEM certificate", caFile)
+		}
+	}
+	ofbReporter, err := ofb.NewReporter(ofb.ReporterConfig{
+		BaseURL:  os.Getenv("OFB_REPORT_URL"),
+		RootCAs:  rootCAs,
+		TokenURL: os.Getenv("OFB_TOKEN_URL"),
+	})
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Reporters = map[string]regulator.Reporter{outbox.EcosystemOFB: ofbReporter}
+	return cfg, nil
+}
+
+func runServe(ctx context.Context, logger *slog.Logger) error {
+	cfg, err := serviceConfig(logger)
+	if err != nil {
+		return err
+	}
+	if os.Getenv("MIGRATE_ON_START") == "true" {
+		if err := migrate(ctx, cfg.DatabaseURL, logger); err != nil {
+			return err
+		}
+	}
+	service, err := worker.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return service.Run(ctx)
+}
+
+func migrate(ctx context.Context, databaseURL string, logger *slog.Logger) error {
+	pool, err := pgxpool.New(ctx, databaseURL)
+	if err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer pool.Close()
+	return migrations.Up(ctx, pool, logger)
+}
+
+func runMigrate(ctx context.Context, logger *slog.Logger, args []string) error {
+	databaseURL := os.Getenv("DATABASE_URL")
+	if databaseURL == "" {
+		return fmt.Errorf("DATABASE_URL is not set")
+	}
+	if len(args) != 1 {
+		return fmt.Errorf("want `migrate up` or `migrate status`")
+	}
+	switch args[0] {
+	case "up":
+		return migrate(ctx, databaseURL, logger)
+	case "status":
+		pool, err := pgxpool.New(ctx, databaseURL)
+		if err != nil {
+			return fmt.Errorf("connect to postgres: %w", err)
+		}
+		defer pool.Close()
+		statuses, err := migrations.ListStatus(ctx, pool)
+		if err != nil {
+			return err
+		}
+		for _, status := range statuses {
+			state := "pending"
+			if status.Applied {
+				state = "applied"
+			}
+			fmt.Printf("%-13s %5d  %s\n", status.Source, status.Version, state)
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown migrate command %q: want up or status", args[0])
+	}
+}
+
+func durationEnv(name string, fallback time.Duration) (time.Duration, error) {
+	value := os.Getenv(name)
+	if value == "" {
+		return fallback, nil
+	}
+	d, err := time.ParseDuration(value)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%q is not a positive duration such as 5s", name, value)
+	}
+	return d, nil
+}
+
+func intEnv(name string, fallback int) (int, error) {
+	value := os.Getenv(name)
+	if value == "" {
+		return fallback, nil
+	}
+	n, err := strconv.Atoi(value)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%s=%q is not a positive integer", name, value)
+	}
+	return n, nil
+}

@@ -1,0 +1,83 @@
+// Package jobs holds the River job args and workers of the regulator
+// pipeline: map turns interaction events into report items, flush seals
+// pending items into export batches, submit posts a batch to its regulator,
+// and partitions keeps the outbox's daily partitions ahead of time.
+package jobs
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/finnest/eventruntime/regulator"
+)
+
+// River queues of the pipeline. Each stage has its own queue so a backlog in
+// one does not starve the others.
+const (
+	QueueControl = "control"
+	QueueMap     = "map"
+	QueueSubmit  = "submit"
+)
+
+// notFinished are the job states in which a periodic job blocks another of
+// its kind, so runs never overlap or pile up behind a slow one.
+var notFinished = []rivertype.JobState{
+	rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
+	rivertype.JobStateRunning, rivertype.JobStateScheduled,
+}
+
+// errRollback ends a transaction function without an error for the caller.
+var errRollback = errors.New("roll back")
+
+// Config configures the pipeline's workers and periodic jobs.
+type Config struct {
+	// FlushEvery is how often the flush job runs. Zero means one second.
+	// Each tenant's own flush interval decides whether a run seals anything.
+	FlushEvery time.Duration
+
+	// Logger receives structured logs. Required.
+	Logger *slog.Logger
+
+	// Pool is the database. Required.
+	Pool *pgxpool.Pool
+
+	// Reporters maps an ecosystem to its regulator adapter.
+	Reporters map[string]regulator.Reporter
+}
+
+// Register adds the pipeline's workers to workers and returns its periodic
+// jobs and queue settings for the River client.
+func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[string]river.QueueConfig) {
+	if cfg.FlushEvery == 0 {
+		cfg.FlushEvery = time.Second
+	}
+	river.AddWorker(workers, &MapWorker{Logger: cfg.Logger, Pool: cfg.Pool})
+	river.AddWorker(workers, &FlushWorker{Logger: cfg.Logger, Pool: cfg.Pool})
+	river.AddWorker(workers, &SubmitWorker{Logger: cfg.Logger, Pool: cfg.Pool, Reporters: cfg.Reporters})
+	river.AddWorker(workers, &PartitionsWorker{Logger: cfg.Logger, Pool: cfg.Pool})
+
+	periodic := []*river.PeriodicJob{
+		river.NewPeriodicJob(river.PeriodicInterval(cfg.FlushEvery),
+			func() (river.JobArgs, *river.InsertOpts) {
+				return FlushArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: notFinished}}
+			},
+			&river.PeriodicJobOpts{ID: "flush", RunOnStart: true}),
+		river.NewPeriodicJob(river.PeriodicInterval(time.Hour),
+			func() (river.JobArgs, *river.InsertOpts) {
+				return PartitionsArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: notFinished}}
+			},
+			&river.PeriodicJobOpts{ID: "partitions", RunOnStart: true}),
+	}
+	queues := map[string]river.QueueConfig{
+		river.QueueDefault: {MaxWorkers: 2},
+		QueueControl:       {MaxWorkers: 2},
+		QueueMap:           {MaxWorkers: 4},
+		QueueSubmit:        {MaxWorkers: 4},
+	}
+	return periodic, queues
+}

@@ -1,0 +1,330 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/finnest/eventruntime/outbox"
+)
+
+// Decoder turns one NATS message into an outbox event. Any error means the
+// message can never be decoded: the consumer terminates it and writes it to
+// the dead-letter table with the error as the reason.
+type Decoder func(subject string, header nats.Header, data []byte) (*outbox.Event, error)
+
+// BatchHandler does a consumer's work for the events of one fetched batch that
+// it has not seen before, inside the batch's transaction. It typically inserts
+// River jobs with tx. An error rolls the whole batch back and the messages are
+// redelivered later.
+type BatchHandler func(ctx context.Context, tx pgx.Tx, events []*outbox.Event) error
+
+// ConsumerConfig configures a Consumer.
+type ConsumerConfig struct {
+	// AckWait is how long NATS waits for an ack before redelivering. Zero
+	// means 60 seconds.
+	AckWait time.Duration
+
+	// BatchSize is the most messages fetched and committed together. Zero
+	// means 256.
+	BatchSize int
+
+	// Decoder decodes messages. Required.
+	Decoder Decoder
+
+	// FetchMaxWait is how long a fetch waits to fill a batch. Zero means
+	// 500 milliseconds.
+	FetchMaxWait time.Duration
+
+	// Handler does the consumer's work. Required.
+	Handler BatchHandler
+
+	// Logger receives structured logs. Nil discards them.
+	Logger *slog.Logger
+
+	// MaxAckPending is the most unacknowledged messages NATS hands out. Zero
+	// means 8 times BatchSize.
+	MaxAckPending int
+
+	// Name is the durable consumer's name, also the key of its rows in
+	// consumer_idempotency. Required.
+	Name string
+
+	// Pool is the database. Required.
+	Pool *pgxpool.Pool
+
+	// Stream is the stream to consume. Required.
+	Stream jetstream.Stream
+}
+
+// ConsumerStats counts what a Consumer has done since it started.
+type ConsumerStats struct {
+	Batches      atomic.Int64
+	DeadLettered atomic.Int64
+	Duplicates   atomic.Int64
+	Failures     atomic.Int64
+	Received     atomic.Int64
+}
+
+// Consumer reads a JetStream stream through a durable pull consumer and, for
+// each fetched batch, records the event ids in consumer_idempotency, runs the
+// handler and commits in one transaction, then acknowledges.
+type Consumer struct {
+	cfg      ConsumerConfig
+	consumer jetstream.Consumer
+	logger   *slog.Logger
+	Stats    ConsumerStats
+}
+
+// NewConsumer creates or updates the durable consumer on the stream.
+func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
+	if cfg.Name == "" || cfg.Pool == nil || cfg.Stream == nil || cfg.Decoder == nil || cfg.Handler == nil {
+		return nil, errors.New("consumer name, pool, stream, decoder and handler are required")
+	}
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 60 * time.Second
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 256
+	}
+	if cfg.FetchMaxWait == 0 {
+		cfg.FetchMaxWait = 500 * time.Millisecond
+	}
+	if cfg.MaxAckPending == 0 {
+		cfg.MaxAckPending = 8 * cfg.BatchSize
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("consumer", cfg.Name)
+
+	consumer, err := cfg.Stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       cfg.Name,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: cfg.MaxAckPending,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create durable consumer %s: %w", cfg.Name, err)
+	}
+	return &Consumer{cfg: cfg, consumer: consumer, logger: logger}, nil
+}
+
+// Run fetches and processes batches until ctx is done. It stops fetching at
+// once when ctx is cancelled and finishes the batch in hand, using a context
+// that is not cancelled, so no committed batch goes unacknowledged.
+func (c *Consumer) Run(ctx context.Context) error {
+	c.logger.Info("consumer started", "event", "consumer.started")
+	defer c.logger.Info("consumer stopped", "event", "consumer.stopped")
+
+	for ctx.Err() == nil {
+		batch, err := c.consumer.Fetch(c.cfg.BatchSize, jetstream.FetchMaxWait(c.cfg.FetchMaxWait))
+		if err != nil {
+			c.logger.Warn("fetch failed", "event", "consumer.fetch_failed", "error", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		var messages []jetstream.Msg
+		for msg := range batch.Messages() {
+			messages = append(messages, msg)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			c.logger.Warn("fetch ended with an error", "event", "consumer.fetch_failed", "error", err, "messages", len(messages))
+		}
+		if len(messages) == 0 {
+			continue
+		}
+		c.process(context.WithoutCancel(ctx), messages)
+	}
+	return nil
+}
+
+type deadLetter struct {
+	event   *outbox.Event
+	msg     jetstream.Msg
+	reason  string
+	msgID   string
+	subject string
+}
+
+// process handles one batch: decode, then one transaction, then acks.
+func (c *Consumer) process(ctx context.Context, messages []jetstream.Msg) {
+	var (
+		events  []*outbox.Event
+		good    []jetstream.Msg
+		poison  []deadLetter
+		inBatch = make(map[uuid.UUID]bool, len(messages))
+	)
+	for _, msg := range messages {
+		event, err := c.cfg.Decoder(msg.Subject(), msg.Headers(), msg.Data())
+		if err != nil {
+			poison = append(poison, deadLetter{
+				event: event, msg: msg, reason: err.Error(),
+				msgID: msg.Headers().Get(nats.MsgIdHdr), subject: msg.Subject(),
+			})
+			continue
+		}
+		good = append(good, msg)
+		if inBatch[event.ID] {
+			c.Stats.Duplicates.Add(1)
+			continue
+		}
+		inBatch[event.ID] = true
+		events = append(events, event)
+	}
+
+	fresh, err := c.commit(ctx, events, poison)
+	if err != nil {
+		c.Stats.Failures.Add(1)
+		c.nakAll(messages, err)
+		return
+	}
+
+	for _, msg := range good {
+		if err := msg.Ack(); err != nil {
+			c.logger.Warn("ack failed; the message will be redelivered and skipped as a duplicate",
+				"event", "consumer.ack_failed", "error", err)
+		}
+	}
+	for _, letter := range poison {
+		if err := letter.msg.TermWithReason("dead-lettered: " + truncate(letter.reason, 200)); err != nil {
+			c.logger.Warn("term failed", "event", "consumer.term_failed", "error", err, "message_id", letter.msgID)
+		}
+		c.logger.Error("message dead-lettered", "event", "consumer.dead_lettered",
+			"message_id", letter.msgID, "subject", letter.subject, "reason", letter.reason)
+	}
+
+	c.Stats.Batches.Add(1)
+	c.Stats.Received.Add(int64(fresh))
+	c.Stats.Duplicates.Add(int64(len(events) - fresh))
+	c.Stats.DeadLettered.Add(int64(len(poison)))
+}
+
+// commit writes the batch's dead letters and idempotency rows, runs the
+// handler on the events not seen before, and commits. It returns how many
+// events were new.
+func (c *Consumer) commit(ctx context.Context, events []*outbox.Event, poison []deadLetter) (int, error) {
+	var fresh int
+	err := pgx.BeginFunc(ctx, c.cfg.Pool, func(tx pgx.Tx) error {
+		if err := c.insertDeadLetters(ctx, tx, poison); err != nil {
+			return err
+		}
+		if len(events) == 0 {
+			return nil
+		}
+
+		ids := make([]uuid.UUID, len(events))
+		tenants := make([]string, len(events))
+		ecosystems := make([]string, len(events))
+		for i, event := range events {
+			ids[i], tenants[i], ecosystems[i] = event.ID, event.TenantID, event.Ecosystem
+		}
+		rows, err := tx.Query(ctx, `
+			INSERT INTO consumer_idempotency (consumer, event_id, tenant_id, ecosystem)
+			SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[])
+			ON CONFLICT DO NOTHING
+			RETURNING event_id`, c.cfg.Name, ids, tenants, ecosystems)
+		if err != nil {
+			return fmt.Errorf("record %d event ids: %w", len(events), err)
+		}
+		inserted, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return fmt.Errorf("record %d event ids: %w", len(events), err)
+		}
+		fresh = len(inserted)
+		if fresh == 0 {
+			return nil
+		}
+
+		newIDs := make(map[uuid.UUID]bool, len(inserted))
+		for _, id := range inserted {
+			newIDs[id] = true
+		}
+		newEvents := events
+		if fresh < len(events) {
+			newEvents = make([]*outbox.Event, 0, fresh)
+			for _, event := range events {
+				if newIDs[event.ID] {
+					newEvents = append(newEvents, event)
+				}
+			}
+		}
+		if err := c.cfg.Handler(ctx, tx, newEvents); err != nil {
+			return fmt.Errorf("handle %d events: %w", len(newEvents), err)
+		}
+		return nil
+	})
+	return fresh, err
+}
+
+func (c *Consumer) insertDeadLetters(ctx context.Context, tx pgx.Tx, poison []deadLetter) error {
+	if len(poison) == 0 {
+		return nil
+	}
+	batch := &pgx.Batch{}
+	for _, letter := range poison {
+		var tenantID, ecosystem *string
+		var eventID *uuid.UUID
+		if letter.event != nil {
+			if letter.event.TenantID != "" {
+				tenantID = &letter.event.TenantID
+			}
+			if letter.event.Ecosystem != "" {
+				ecosystem = &letter.event.Ecosystem
+			}
+			if letter.event.ID != uuid.Nil {
+				eventID = &letter.event.ID
+			}
+		}
+		batch.Queue(`
+			INSERT INTO dead_letters (tenant_id, ecosystem, source, subject, message_id, event_id, reason, payload)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			tenantID, ecosystem, c.cfg.Name, letter.subject, letter.msgID, eventID, letter.reason, letter.msg.Data())
+	}
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("write %d dead letters: %w", len(poison), err)
+	}
+	return nil
+}
+
+// nakAll asks NATS to redeliver every message of a failed batch after a
+// delay that grows with the number of deliveries, up to one minute.
+func (c *Consumer) nakAll(messages []jetstream.Msg, cause error) {
+	var deliveries uint64 = 1
+	if meta, err := messages[0].Metadata(); err == nil {
+		deliveries = meta.NumDelivered
+	}
+	delay := time.Duration(math.Min(float64(time.Second)*math.Pow(2, float64(deliveries-1)), float64(time.Minute)))
+	c.logger.Error("batch failed; messages will be redelivered", "event", "consumer.batch_failed",
+		"error", cause, "messages", len(messages), "deliveries", deliveries, "retry_in", delay)
+	for _, msg := range messages {
+		_ = msg.NakWithDelay(delay)
+	}
+}
+
+func truncate(text string, max int) string {
+	if len(text) <= max {
+		return text
+	}
+	return text[:max]
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

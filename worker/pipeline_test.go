@@ -1,0 +1,51 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/finnest/eventruntime/internal/demo"
+	"github.com/finnest/eventruntime/outbox"
+)
+
+func TestPipelineEndToEnd(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{})
+
+	const total = 10_000
+	generator := demo.NewGenerator(42, testTenants)
+	events := make([]*outbox.Event, total)
+	for i := range events {
+		events[i] = generator.Event()
+	}
+	// Most transactions append one event; every seventh appends five.
+	appendEvents(t, p, events, func(tx int) int {
+		if tx%7 == 0 {
+			return 5
+		}
+		return 1
+	})
+
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM submission_receipts") >= total
+	}, 3*time.Minute, 250*time.Millisecond, "receipts: %d of %d",
+		count(t, p, "SELECT count(*) FROM submission_receipts"), total)
+
+	seen := p.fake.SeenCounts()
+	require.Empty(t, p.fake.Violations(), "every request must be valid against the spec")
+	require.Len(t, seen, total, "the regulator must see every interaction")
+	for _, event := range events {
+		var fapiID string
+		fapiID = interactionID(t, event)
+		require.Equal(t, 1, seen[fapiID], "interaction %s of event %s", fapiID, event.ID)
+	}
+	require.Len(t, p.fake.Accepted(), total)
+	require.Equal(t, total, count(t, p, "SELECT count(*) FROM report_items WHERE state = 'accepted'"))
+	require.Equal(t, total, count(t, p, "SELECT count(*) FROM submission_receipts WHERE status = 'ACCEPTED' AND report_id IS NOT NULL"))
+	require.Equal(t, total, count(t, p, "SELECT count(*) FROM payload_evidence WHERE kind = 'item'"))
+	require.Zero(t, count(t, p, "SELECT count(*) FROM dead_letters"))
+	require.Zero(t, count(t, p, "SELECT count(*) FROM export_batches WHERE state <> 'accepted'"))
+	require.Equal(t, 2, count(t, p, "SELECT count(DISTINCT tenant_id) FROM export_batches"))
+}

@@ -1,0 +1,315 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"riverqueue.com/riverui"
+
+	"github.com/finnest/eventruntime/jobs"
+	"github.com/finnest/eventruntime/outbox"
+	"github.com/finnest/eventruntime/regulator"
+)
+
+// Config configures the service that `eventruntime serve` runs.
+type Config struct {
+	// ConsumerBatchSize is the most messages a consumer commits together.
+	// Zero means 256.
+	ConsumerBatchSize int
+
+	// DatabaseURL is the PostgreSQL connection string. Required.
+	DatabaseURL string
+
+	// Decoder decodes the CDC connector's messages. Required.
+	Decoder Decoder
+
+	// FlushEvery is how often the flush job runs. Zero means one second.
+	FlushEvery time.Duration
+
+	// HTTPAddr is where /livez, /readyz and River UI listen. Empty means
+	// 127.0.0.1:8080.
+	HTTPAddr string
+
+	// Logger receives structured logs. Nil discards them.
+	Logger *slog.Logger
+
+	// NATSURL is the NATS server URL. Required.
+	NATSURL string
+
+	// RegulatorConsumer is the durable consumer that feeds the regulator
+	// pipeline. Empty means "regulator".
+	RegulatorConsumer string
+
+	// Reporters maps an ecosystem to its regulator adapter.
+	Reporters map[string]regulator.Reporter
+
+	// ShutdownTimeout is how long in-flight jobs get to finish after a stop
+	// is requested before they are cancelled. Zero means 30 seconds.
+	ShutdownTimeout time.Duration
+
+	// Stream configures the JetStream stream that captures the outbox
+	// subjects. A zero Name means "OUTBOX" and no Subjects means
+	// "sequin.*.public.outbox.*".
+	Stream StreamConfig
+}
+
+// Service is a running `eventruntime serve`.
+type Service struct {
+	cfg       Config
+	consumer  *Consumer
+	http      *http.Server
+	listener  net.Listener
+	logger    *slog.Logger
+	nats      *nats.Conn
+	pool      *pgxpool.Pool
+	river     *river.Client[pgx.Tx]
+	riverUI   *riverui.Handler
+	startedAt time.Time
+}
+
+// New connects to PostgreSQL and NATS, creates the stream and durable
+// consumer, and builds the River client and HTTP server. Start runs them.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.DatabaseURL == "" || cfg.NATSURL == "" || cfg.Decoder == nil {
+		return nil, errors.New("database URL, NATS URL and decoder are required")
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:8080"
+	}
+	if cfg.RegulatorConsumer == "" {
+		cfg.RegulatorConsumer = "regulator"
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if cfg.Stream.Name == "" {
+		cfg.Stream.Name = "OUTBOX"
+	}
+	if len(cfg.Stream.Subjects) == 0 {
+		cfg.Stream.Subjects = []string{"sequin.*.public.outbox.*"}
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, logger: logger}
+
+	var err error
+	success := false
+	defer func() {
+		if !success {
+			s.close()
+		}
+	}()
+
+	if s.pool, err = pgxpool.New(ctx, cfg.DatabaseURL); err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	if err := s.pool.Ping(ctx); err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+
+	s.nats, err = nats.Connect(cfg.NATSURL, nats.Name("eventruntime"), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("NATS disconnected", "event", "nats.disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			logger.Info("NATS reconnected", "event", "nats.reconnected")
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
+	}
+	js, err := jetstream.New(s.nats)
+	if err != nil {
+		return nil, fmt.Errorf("open JetStream: %w", err)
+	}
+	stream, err := EnsureStream(ctx, js, cfg.Stream)
+	if err != nil {
+		return nil, err
+	}
+
+	workers := river.NewWorkers()
+	periodic, queues := jobs.Register(workers, jobs.Config{
+		FlushEvery: cfg.FlushEvery, Logger: logger, Pool: s.pool, Reporters: cfg.Reporters,
+	})
+	s.river, err = river.NewClient(riverpgxv5.New(s.pool), &river.Config{
+		Logger:       logger,
+		PeriodicJobs: periodic,
+		Queues:       queues,
+		Workers:      workers,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create River client: %w", err)
+	}
+
+	riverClient := s.river
+	s.consumer, err = NewConsumer(ctx, ConsumerConfig{
+		BatchSize: cfg.ConsumerBatchSize,
+		Decoder:   cfg.Decoder,
+		Handler: func(ctx context.Context, tx pgx.Tx, events []*outbox.Event) error {
+			return insertMapJobs(ctx, riverClient, tx, events)
+		},
+		Logger: logger,
+		Name:   cfg.RegulatorConsumer,
+		Pool:   s.pool,
+		Stream: stream,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	s.riverUI, err = riverui.NewHandler(&riverui.HandlerOpts{
+		Endpoints: riverui.NewEndpoints(s.river, nil),
+		Logger:    logger,
+		Prefix:    "/riverui",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create River UI: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", s.handleLive)
+	mux.HandleFunc("GET /readyz", s.handleReady)
+	mux.Handle("/riverui/", s.riverUI)
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if s.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+	}
+
+	success = true
+	return s, nil
+}
+
+// insertMapJobs enqueues one map job for the interaction events of a batch.
+// Other event types need no regulator work; the idempotency row records that
+// they were received.
+func insertMapJobs(ctx context.Context, client *river.Client[pgx.Tx], tx pgx.Tx, events []*outbox.Event) error {
+	var interactions []*outbox.Event
+	for _, event := range events {
+		if event.Type == outbox.TypeInteractionRecorded {
+			interactions = append(interactions, event)
+		}
+	}
+	if len(interactions) == 0 {
+		return nil
+	}
+	_, err := client.InsertManyFastTx(ctx, tx, []river.InsertManyParams{{Args: jobs.MapArgs{Events: interactions}}})
+	if err != nil {
+		return fmt.Errorf("insert map job for %d events: %w", len(interactions), err)
+	}
+	return nil
+}
+
+// Addr returns the HTTP listener's address.
+func (s *Service) Addr() string { return s.listener.Addr().String() }
+
+// Pool returns the service's database pool.
+func (s *Service) Pool() *pgxpool.Pool { return s.pool }
+
+// River returns the service's River client.
+func (s *Service) River() *river.Client[pgx.Tx] { return s.river }
+
+// Consumer returns the regulator pipeline's consumer.
+func (s *Service) Consumer() *Consumer { return s.consumer }
+
+// Run starts the workers and HTTP server and blocks until ctx is done, then
+// stops: it stops fetching from NATS, lets in-flight jobs finish within
+// ShutdownTimeout (River's soft stop), cancels what remains, and closes
+// connections.
+func (s *Service) Run(ctx context.Context) error {
+	s.startedAt = time.Now()
+	if err := s.river.Start(ctx); err != nil {
+		s.close()
+		return fmt.Errorf("start River: %w", err)
+	}
+	if err := s.riverUI.Start(ctx); err != nil {
+		s.close()
+		return fmt.Errorf("start River UI: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	consumerCtx, stopConsumer := context.WithCancel(ctx)
+	defer stopConsumer()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		_ = s.consumer.Run(consumerCtx)
+	}()
+	go func() {
+		defer wg.Done()
+		if err := s.http.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger.Error("HTTP server failed", "event", "http.failed", "error", err)
+		}
+	}()
+	s.logger.Info("service started", "event", "service.started", "http_addr", s.Addr())
+
+	<-ctx.Done()
+	s.logger.Info("service stopping", "event", "service.stopping", "timeout", s.cfg.ShutdownTimeout)
+	stopConsumer()
+
+	stopCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := s.river.Stop(stopCtx); err != nil {
+		s.logger.Warn("jobs still running at the shutdown timeout; cancelling them", "event", "service.stop_timeout",
+			"error", err)
+		hardCtx, hardCancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = s.river.StopAndCancel(hardCtx)
+		hardCancel()
+	}
+	_ = s.http.Shutdown(stopCtx)
+	wg.Wait()
+	s.close()
+	s.logger.Info("service stopped", "event", "service.stopped")
+	return nil
+}
+
+func (s *Service) close() {
+	if s.nats != nil {
+		_ = s.nats.Drain()
+	}
+	if s.pool != nil {
+		s.pool.Close()
+	}
+	if s.listener != nil {
+		_ = s.listener.Close()
+	}
+}
+
+func (s *Service) handleLive(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// handleReady answers 200 when PostgreSQL and NATS are reachable, and 503
+// with the failing checks otherwise.
+func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var failures []string
+	if err := s.pool.Ping(ctx); err != nil {
+		failures = append(failures, "postgres: "+err.Error())
+	}
+	if !s.nats.IsConnected() {
+		failures = append(failures, "nats: "+s.nats.Status().String())
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(failures) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		for _, failure := range failures {
+			_, _ = fmt.Fprintln(w, failure)
+		}
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}

@@ -1,0 +1,144 @@
+package worker_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/finnest/eventruntime/internal/demo"
+	"github.com/finnest/eventruntime/internal/natsembed"
+	"github.com/finnest/eventruntime/internal/pgtest"
+	"github.com/finnest/eventruntime/outbox"
+	"github.com/finnest/eventruntime/regulator"
+	"github.com/finnest/eventruntime/regulator/ofb"
+	"github.com/finnest/eventruntime/regulator/ofbfake"
+	"github.com/finnest/eventruntime/sequin"
+	"github.com/finnest/eventruntime/tenant"
+	"github.com/finnest/eventruntime/worker"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+var testTenants = []demo.Tenant{
+	{ID: "tenant-a", OrganisationID: "0b5a8d4e-6c3f-4f7e-9a51-2d1c7e3b8a10", SoftwareStatementID: "5f0c2b7e-1d4a-4c8b-9e2f-7a6d3c1b0e91"},
+	{ID: "tenant-b", OrganisationID: "7d2e9c41-3b8f-4a06-b5d7-e1f0a2c39b84", SoftwareStatementID: "c3a1e7d9-8b2f-4f60-a4c5-1e9d7b3f2a06"},
+}
+
+// pipeline is a whole running pipeline on a private database and NATS
+// server, with the strict fake regulator.
+type pipeline struct {
+	db      *pgtest.Database
+	fake    *ofbfake.Server
+	nats    *natsembed.Server
+	service *worker.Service
+	subject string
+}
+
+type pipelineOpts struct {
+	// skipStandIn leaves the Sequin stand-in out, for tests that publish
+	// messages themselves.
+	skipStandIn bool
+}
+
+func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
+	t.Helper()
+	ctx := context.Background()
+	p := &pipeline{db: pgtest.NewDatabase(t)}
+
+	var err error
+	p.nats, err = natsembed.Start(natsembed.Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.nats.Shutdown)
+
+	p.fake, err = ofbfake.New(ofbfake.Config{})
+	require.NoError(t, err)
+	require.NoError(t, p.fake.Start())
+	t.Cleanup(func() { _ = p.fake.Close() })
+
+	certDir := t.TempDir()
+	for _, tt := range testTenants {
+		_, certPEM, keyPEM, err := p.fake.IssueClientCertificate(tt.OrganisationID)
+		require.NoError(t, err)
+		certFile := filepath.Join(certDir, tt.ID+".crt")
+		keyFile := filepath.Join(certDir, tt.ID+".key")
+		require.NoError(t, os.WriteFile(certFile, certPEM, 0o600))
+		require.NoError(t, os.WriteFile(keyFile, keyPEM, 0o600))
+		require.NoError(t, tenant.Upsert(ctx, p.db.Pool, &tenant.Config{
+			TenantID: tt.ID, Ecosystem: outbox.EcosystemOFB, Enabled: true, Environment: "test",
+			OrganisationID: tt.OrganisationID, ClientID: tt.SoftwareStatementID,
+			Credentials:   map[string]string{"certificate": "file:" + certFile, "private_key": "file:" + keyFile},
+			FlushInterval: 200 * time.Millisecond,
+		}))
+	}
+
+	reporter, err := ofb.NewReporter(ofb.ReporterConfig{BaseURL: p.fake.URL(), TokenURL: p.fake.URL(), RootCAs: p.fake.RootCAs()})
+	require.NoError(t, err)
+	p.subject = sequin.Subject(p.db.Name, "public", "outbox", "insert")
+	p.service, err = worker.New(ctx, worker.Config{
+		DatabaseURL: p.db.URL,
+		Decoder:     worker.DecodeSequin,
+		FlushEvery:  200 * time.Millisecond,
+		HTTPAddr:    "127.0.0.1:0",
+		Logger:      slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		NATSURL:     p.nats.ClientURL(),
+		Reporters:   map[string]regulator.Reporter{outbox.EcosystemOFB: reporter},
+		Stream:      worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
+	})
+	require.NoError(t, err)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = p.service.Run(runCtx)
+	}()
+
+	if !opts.skipStandIn {
+		conn, err := nats.Connect(p.nats.ClientURL())
+		require.NoError(t, err)
+		t.Cleanup(conn.Close)
+		standIn, err := sequin.NewStandIn(sequin.StandInConfig{DatabaseURL: p.db.URL, NATS: conn})
+		require.NoError(t, err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = standIn.Run(runCtx)
+		}()
+	}
+	return p
+}
+
+// appendEvents appends events in transactions of the given sizes.
+func appendEvents(t *testing.T, p *pipeline, events []*outbox.Event, sizes func(i int) int) {
+	t.Helper()
+	ctx := context.Background()
+	for i, tx := 0, 0; i < len(events); tx++ {
+		n := min(sizes(tx), len(events)-i)
+		chunk := events[i : i+n]
+		require.NoError(t, pgx.BeginFunc(ctx, p.db.Pool, func(tx pgx.Tx) error {
+			return outbox.Append(ctx, tx, chunk...)
+		}))
+		i += n
+	}
+}
+
+// count runs a count query on the pipeline's database.
+func count(t *testing.T, p *pipeline, query string, args ...any) int {
+	t.Helper()
+	var n int
+	require.NoError(t, p.db.Pool.QueryRow(context.Background(), query, args...).Scan(&n))
+	return n
+}
