@@ -190,4 +190,3 @@ func insertItems(ctx context.Context, tx pgx.Tx, items []mappedItem) error {
 	}
 	return nil
 }
-

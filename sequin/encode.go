@@ -14,7 +14,7 @@ import (
 	"github.com/finnest/eventruntime/outbox"
 )
 
-// TimestampLayout is how Sequin writes timestamptz values and
+// TimestampLayout is the time layout of Sequin's timestamptz values and
 // commit_timestamp: UTC with exactly six fractional digits.
 const TimestampLayout = "2006-01-02T15:04:05.000000Z"
 

@@ -52,7 +52,7 @@ type DecodeError struct {
 	// a dead-letter entry can name the event.
 	EventID uuid.UUID
 
-	// Reason says what is wrong with the message.
+	// Reason describes what is wrong with the message.
 	Reason string
 
 	cause error

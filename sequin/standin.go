@@ -43,7 +43,7 @@ const (
 	stopTimeout = 5 * time.Second
 )
 
-// slotNamePattern is what PostgreSQL accepts as a replication slot name.
+// slotNamePattern matches the replication slot names PostgreSQL accepts.
 var slotNamePattern = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
 // publicationNamePattern restricts publication names to unquoted identifiers,
@@ -562,9 +562,27 @@ func (s *stream) confirm() error {
 	return nil
 }
 
-// stop confirms what is flushed and ends the replication stream so the
-// server records the position before the connection closes.
+// stop finishes the transaction being received, confirms what is flushed
+// and ends the replication stream so the server records the position before
+// the connection closes.
 func (s *stream) stop() error {
+	// A transaction whose rows are partly published would be sent again by
+	// the next session, so wait up to stopTimeout for its Commit.
+	deadline := time.Now().Add(stopTimeout)
+	for s.inTransaction && time.Now().Before(deadline) {
+		receiveCtx, cancel := context.WithDeadline(context.Background(), deadline)
+		message, err := s.conn.ReceiveMessage(receiveCtx)
+		cancel()
+		if err == nil {
+			err = s.handle(message)
+		}
+		if err != nil {
+			s.logger.Warn("finishing the current transaction failed; its rows will be published again",
+				"event", "standin.stop_drain_failed", "commit_lsn", s.commitLSN, "error", err)
+			break
+		}
+	}
+
 	if err := s.confirm(); err != nil {
 		s.logger.Warn("final confirmation failed; unconfirmed rows will be published again",
 			"event", "standin.stop_confirm_failed", "error", err)

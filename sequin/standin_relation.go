@@ -137,9 +137,9 @@ func (r *relation) event(tuple *pglogrepl.TupleData) (outbox.Event, error) {
 // recordPKs appends the key columns' values as strings to dst: timestamps in
 // TimestampLayout, other values in PostgreSQL's text form.
 //
-// NOTE: the key columns' order (table order) and the timestamp format follow
-// how Sequin writes record values; how Sequin 0.14 writes a timestamptz key
-// in record_pks was not checked.
+// NOTE: the key order (table order) and the timestamp format copy how Sequin
+// writes record values. How Sequin 0.14 writes a timestamptz key in
+// record_pks was not checked.
 func (r *relation) recordPKs(tuple *pglogrepl.TupleData, event *outbox.Event, dst []string) []string {
 	for _, index := range r.keyColumns {
 		switch index {

@@ -87,12 +87,18 @@ func (b *standInBundle) start(t *testing.T, config sequin.StandInConfig) (stop f
 	done := make(chan error, 1)
 	go func() { done <- standIn.Run(ctx) }()
 
+	// A slot is also active while it is being created, before its consistent
+	// point, and rows committed then are never streamed. The walsender's
+	// state leaves "startup" only after START_REPLICATION.
 	require.Eventually(t, func() bool {
-		var active bool
-		err := b.db.Pool.QueryRow(context.Background(),
-			"SELECT active FROM pg_replication_slots WHERE slot_name = $1", b.slot).Scan(&active)
-		return err == nil && active
-	}, 15*time.Second, 20*time.Millisecond, "slot %s never became active", b.slot)
+		var state string
+		err := b.db.Pool.QueryRow(context.Background(), `
+			SELECT replication.state
+			FROM pg_replication_slots slot
+			JOIN pg_stat_replication replication ON replication.pid = slot.active_pid
+			WHERE slot.slot_name = $1`, b.slot).Scan(&state)
+		return err == nil && (state == "catchup" || state == "streaming")
+	}, 15*time.Second, 20*time.Millisecond, "slot %s never started streaming", b.slot)
 
 	var once sync.Once
 	stop = func() {

@@ -123,6 +123,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 
 	s.nats, err = nats.Connect(cfg.NATSURL, nats.Name("eventruntime"), nats.MaxReconnects(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // a deliberate close
+			}
 			logger.Warn("NATS disconnected", "event", "nats.disconnected", "error", err)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {

@@ -43,6 +43,30 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The data folder holds the Postgres cluster, which runs as an
+	// unprivileged user when this runs as root, so that user must be able to
+	// pass through it.
+	if err := os.MkdirAll(dataDir, 0o711); err != nil {
+		return err
+	}
+	if err := os.Chmod(dataDir, 0o711); err != nil {
+		return err
+	}
+	// Logs go to a file so the progress lines stay readable; LOG_FILE=-
+	// keeps them on stderr.
+	logPath := envOr("LOG_FILE", filepath.Join(dataDir, "dev", "eventruntime.log"))
+	if logPath != "-" {
+		if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
+			return err
+		}
+		logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("open log file: %w", err)
+		}
+		defer logFile.Close()
+		logger = newLoggerTo(logFile)
+		fmt.Fprintf(os.Stderr, "eventruntime dev: starting; logs in %s\n", logPath)
+	}
 	var cleanups []func()
 	defer func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -278,4 +302,3 @@ func printProgress(ctx context.Context, pool *pgxpool.Pool, fake *ofbfake.Server
 			len(fake.Accepted()))
 	}
 }
-

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -55,12 +56,15 @@ func main() {
 	}
 }
 
-func newLogger() *slog.Logger {
+func newLogger() *slog.Logger { return newLoggerTo(os.Stderr) }
+
+// newLoggerTo returns a JSON logger writing to w at the level in LOG_LEVEL.
+func newLoggerTo(w io.Writer) *slog.Logger {
 	level := slog.LevelInfo
 	if err := level.UnmarshalText([]byte(envOr("LOG_LEVEL", "info"))); err != nil {
 		level = slog.LevelInfo
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 func envOr(name, fallback string) string {

@@ -193,6 +193,10 @@ func (c *Cluster) cleanup() {
 }
 
 func (c *Cluster) prepareDataDir() error {
+	// Parents created here must let the unprivileged user through.
+	if err := os.MkdirAll(filepath.Dir(c.dataDir), 0o711); err != nil {
+		return fmt.Errorf("create parent of postgres data directory %s: %w", c.dataDir, err)
+	}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return fmt.Errorf("create postgres data directory %s: %w", c.dataDir, err)
 	}

@@ -1,0 +1,104 @@
+package worker_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/finnest/eventruntime/internal/demo"
+	"github.com/finnest/eventruntime/sequin"
+)
+
+// sequinMessage encodes an event as Sequin's NATS sink would publish it.
+func sequinMessage(t *testing.T, p *pipeline, lsn int64, idx int) (*nats.Msg, uuid.UUID) {
+	t.Helper()
+	event := demo.NewGenerator(uint64(lsn), testTenants).Event()
+	event.ID = uuid.Must(uuid.NewV7())
+	event.CreatedAt = time.Now().UTC()
+	key := sequin.IdempotencyKey(lsn, idx)
+	body, err := sequin.Encode(&sequin.Message{
+		Action: sequin.ActionInsert,
+		Event:  *event,
+		Metadata: sequin.Metadata{
+			TableSchema: "public", TableName: "outbox", CommitTimestamp: event.CreatedAt,
+			CommitLSN: &lsn, CommitIdx: &idx, DatabaseName: p.db.Name, IdempotencyKey: key,
+			RecordPKs: []string{event.TenantID, event.ID.String(), event.CreatedAt.Format(time.RFC3339Nano)},
+		},
+	})
+	require.NoError(t, err)
+	msg := nats.NewMsg(p.subject)
+	msg.Data = body
+	msg.Header.Set(nats.MsgIdHdr, key)
+	return msg, event.ID
+}
+
+func TestConsumerDeduplicates(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{skipStandIn: true})
+
+	conn, err := nats.Connect(p.nats.ClientURL())
+	require.NoError(t, err)
+	defer conn.Close()
+
+	msg, eventID := sequinMessage(t, p, 27547336, 0)
+	require.NoError(t, conn.PublishMsg(msg))
+	require.NoError(t, conn.PublishMsg(msg))
+	withoutHeaders := nats.NewMsg(p.subject)
+	withoutHeaders.Data = msg.Data
+	require.NoError(t, conn.PublishMsg(withoutHeaders))
+	require.NoError(t, conn.Flush())
+
+	stats := &p.service.Consumer().Stats
+	require.Eventually(t, func() bool {
+		return stats.Received.Load()+stats.Duplicates.Load() >= 2
+	}, 30*time.Second, 50*time.Millisecond)
+
+	require.Equal(t, int64(1), stats.Received.Load())
+	require.Equal(t, int64(1), stats.Duplicates.Load(), "the header-less copy passes JetStream and is skipped by the consumer")
+	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM consumer_idempotency WHERE event_id = $1", eventID))
+	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'map'"))
+	require.Equal(t, 1, count(t, p,
+		"SELECT count(*) FROM river_job, jsonb_array_elements(args->'events') e WHERE kind = 'map' AND e->>'id' = $1",
+		eventID.String()))
+}
+
+func TestConsumerDeadLettersPoison(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{skipStandIn: true})
+
+	conn, err := nats.Connect(p.nats.ClientURL())
+	require.NoError(t, err)
+	defer conn.Close()
+
+	good, goodID := sequinMessage(t, p, 100, 0)
+	nul, nulID := sequinMessage(t, p, 101, 0)
+	nulBody := strings.Replace(string(nul.Data), `"payload":{`, `"payload":{"note":"a\u0000b",`, 1)
+	require.NotEqual(t, string(nul.Data), nulBody)
+	poison := []struct {
+		name string
+		body string
+	}{
+		{"MalformedJSON", `{"action":"insert","record":`},
+		{"NulEscape", nulBody},
+		{"NotAnObject", `[1,2,3]`},
+	}
+	for _, message := range poison {
+		require.NoError(t, conn.Publish(p.subject, []byte(message.body)))
+	}
+	require.NoError(t, conn.PublishMsg(good))
+	require.NoError(t, conn.Flush())
+
+	stats := &p.service.Consumer().Stats
+	require.Eventually(t, func() bool {
+		return stats.DeadLettered.Load() >= int64(len(poison)) && stats.Received.Load() >= 1
+	}, 30*time.Second, 50*time.Millisecond)
+
+	require.Equal(t, len(poison), count(t, p, "SELECT count(*) FROM dead_letters WHERE source = 'regulator' AND reason <> ''"))
+	require.Equal(t, 1, count(t, p,
+		"SELECT count(*) FROM dead_letters WHERE event_id = $1 AND tenant_id IS NULL AND reason LIKE '%u0000%'", nulID))
+	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM consumer_idempotency WHERE event_id = $1", goodID))
+}
