@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -112,6 +113,9 @@ type StandIn struct {
 	connConfig   *pgconn.Config
 	databaseName string
 	logger       *slog.Logger
+
+	ready     chan struct{}
+	readyOnce sync.Once
 }
 
 // NewStandIn checks config and returns a stand-in ready to Run.
@@ -169,7 +173,15 @@ func NewStandIn(config StandInConfig) (*StandIn, error) {
 		connConfig:   connConfig,
 		databaseName: databaseName,
 		logger:       logger,
+		ready:        make(chan struct{}),
 	}, nil
+}
+
+// Ready returns a channel that is closed once the first replication session
+// streams. Rows committed before then may never be published when Run creates
+// the slot, because a new slot starts at its consistent point.
+func (s *StandIn) Ready() <-chan struct{} {
+	return s.ready
 }
 
 // Run streams until ctx is done, then confirms what it has published and
@@ -243,6 +255,7 @@ func (s *StandIn) runSession(ctx context.Context) (bool, error) {
 	}
 	s.logger.Info("replication started", "event", "standin.replication_started",
 		"slot", s.config.Slot, "confirmed_lsn", start.String())
+	s.readyOnce.Do(func() { close(s.ready) })
 
 	stream := newStream(s, conn, start)
 	err = stream.run(ctx)

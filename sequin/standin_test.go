@@ -87,6 +87,12 @@ func (b *standInBundle) start(t *testing.T, config sequin.StandInConfig) (stop f
 	done := make(chan error, 1)
 	go func() { done <- standIn.Run(ctx) }()
 
+	select {
+	case <-standIn.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("stand-in was not ready within 15s")
+	}
+
 	// A slot is also active while it is being created, before its consistent
 	// point, and rows committed then are never streamed. The walsender's
 	// state leaves "startup" only after START_REPLICATION.

@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -101,4 +102,33 @@ func TestConsumerDeadLettersPoison(t *testing.T) {
 	require.Equal(t, 1, count(t, p,
 		"SELECT count(*) FROM dead_letters WHERE event_id = $1 AND tenant_id IS NULL AND reason LIKE '%u0000%'", nulID))
 	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM consumer_idempotency WHERE event_id = $1", goodID))
+}
+
+func TestConsumerRedeliversAfterDatabaseError(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{skipStandIn: true})
+	ctx := context.Background()
+
+	// A constraint that rejects every idempotency row makes each batch's
+	// transaction fail, as an outage would.
+	_, err := p.db.Pool.Exec(ctx, `ALTER TABLE consumer_idempotency ADD CONSTRAINT reject_all CHECK (false) NOT VALID`)
+	require.NoError(t, err)
+
+	conn, err := nats.Connect(p.nats.ClientURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	msg, eventID := sequinMessage(t, p, 200, 0)
+	require.NoError(t, conn.PublishMsg(msg))
+
+	stats := &p.service.Consumer().Stats
+	require.Eventually(t, func() bool { return stats.Failures.Load() >= 1 }, 30*time.Second, 20*time.Millisecond)
+	require.Zero(t, count(t, p, "SELECT count(*) FROM consumer_idempotency"))
+
+	_, err = p.db.Pool.Exec(ctx, `ALTER TABLE consumer_idempotency DROP CONSTRAINT reject_all`)
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM consumer_idempotency WHERE event_id = $1", eventID) == 1
+	}, 30*time.Second, 50*time.Millisecond, "the nakked message must be redelivered")
+	require.Zero(t, count(t, p, "SELECT count(*) FROM dead_letters"), "a database error is not poison")
 }

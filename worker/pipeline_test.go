@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -48,4 +49,32 @@ func TestPipelineEndToEnd(t *testing.T) {
 	require.Zero(t, count(t, p, "SELECT count(*) FROM dead_letters"))
 	require.Zero(t, count(t, p, "SELECT count(*) FROM export_batches WHERE state <> 'accepted'"))
 	require.Equal(t, 2, count(t, p, "SELECT count(DISTINCT tenant_id) FROM export_batches"))
+}
+
+func TestPipelineRecordsDiscardedItems(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{})
+
+	generator := demo.NewGenerator(7, testTenants[:1])
+	fresh := generator.Event()
+	stale := generator.Event()
+	// The regulator discards reports older than seven days.
+	var interaction outbox.Interaction
+	require.NoError(t, json.Unmarshal(stale.Payload, &interaction))
+	interaction.Timestamp = time.Now().Add(-8 * 24 * time.Hour)
+	stale.Payload, _ = json.Marshal(interaction)
+	appendEvents(t, p, []*outbox.Event{fresh, stale}, func(int) int { return 2 })
+
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM submission_receipts") == 2
+	}, time.Minute, 100*time.Millisecond)
+
+	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM export_batches WHERE state = 'partially_discarded'"))
+	require.Equal(t, 1, count(t, p,
+		"SELECT count(*) FROM submission_receipts WHERE status = 'DISCARDED' AND message <> '' AND evidence_id IS NULL"))
+	require.Equal(t, 1, count(t, p,
+		"SELECT count(*) FROM report_items WHERE state = 'discarded' AND event_id = $1", stale.ID))
+	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM payload_evidence WHERE kind = 'item'"),
+		"only the accepted item gets evidence")
+	require.Empty(t, p.fake.Violations())
 }

@@ -110,13 +110,23 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		conn, err := nats.Connect(p.nats.ClientURL())
 		require.NoError(t, err)
 		t.Cleanup(conn.Close)
-		standIn, err := sequin.NewStandIn(sequin.StandInConfig{DatabaseURL: p.db.URL, NATS: conn})
+		// Replication slots belong to the whole cluster, so each test needs
+		// its own.
+		standIn, err := sequin.NewStandIn(sequin.StandInConfig{
+			DatabaseURL: p.db.URL, NATS: conn, Slot: "standin_" + p.db.Name,
+		})
 		require.NoError(t, err)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			_ = standIn.Run(runCtx)
 		}()
+		// Rows committed before the slot exists are never streamed.
+		select {
+		case <-standIn.Ready():
+		case <-time.After(30 * time.Second):
+			t.Fatal("Sequin stand-in not ready after 30s")
+		}
 	}
 	return p
 }

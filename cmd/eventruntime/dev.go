@@ -179,6 +179,12 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 	}
 	run("service", service.Run)
 	run("sequin stand-in", standIn.Run)
+	// Rows committed before the replication slot exists are never streamed,
+	// so the producer waits for it.
+	select {
+	case <-standIn.Ready():
+	case <-runCtx.Done():
+	}
 	run("demo producer", producer.Run)
 	run("progress", func(ctx context.Context) error { return printProgress(ctx, pool, fake) })
 
