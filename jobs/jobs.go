@@ -46,8 +46,8 @@ type Config struct {
 	// Pool is the database. Required.
 	Pool *pgxpool.Pool
 
-	// Reporters maps an ecosystem to its regulator adapter.
-	Reporters map[string]regulator.Reporter
+	// Adapters maps an ecosystem to its regulator adapter.
+	Adapters map[string]regulator.Adapter
 }
 
 // Register adds the pipeline's workers to workers and returns its periodic
@@ -56,9 +56,9 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 	if cfg.FlushEvery == 0 {
 		cfg.FlushEvery = time.Second
 	}
-	river.AddWorker(workers, &MapWorker{Logger: cfg.Logger, Pool: cfg.Pool})
+	river.AddWorker(workers, &MapWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool})
 	river.AddWorker(workers, &FlushWorker{Logger: cfg.Logger, Pool: cfg.Pool})
-	river.AddWorker(workers, &SubmitWorker{Logger: cfg.Logger, Pool: cfg.Pool, Reporters: cfg.Reporters})
+	river.AddWorker(workers, &SubmitWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool})
 	river.AddWorker(workers, &PartitionsWorker{Logger: cfg.Logger, Pool: cfg.Pool})
 
 	periodic := []*river.PeriodicJob{

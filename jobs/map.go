@@ -14,7 +14,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/finnest/eventruntime/outbox"
-	"github.com/finnest/eventruntime/regulator/ofb"
+	"github.com/finnest/eventruntime/regulator"
 )
 
 // MapArgs carries the interaction events of one consumed batch to be mapped
@@ -34,8 +34,9 @@ func (MapArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: Qu
 // event of an unknown version is dead-lettered; neither fails the job.
 type MapWorker struct {
 	river.WorkerDefaults[MapArgs]
-	Logger *slog.Logger
-	Pool   *pgxpool.Pool
+	Adapters map[string]regulator.Adapter
+	Logger   *slog.Logger
+	Pool     *pgxpool.Pool
 }
 
 type mappedItem struct {
@@ -61,7 +62,7 @@ func (w *MapWorker) Work(ctx context.Context, job *river.Job[MapArgs]) error {
 			unknown = append(unknown, event)
 			continue
 		}
-		items = append(items, mapInteraction(event))
+		items = append(items, mapInteraction(w.Adapters[event.Ecosystem], event))
 	}
 
 	err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
@@ -107,7 +108,7 @@ const (
 
 // mapInteraction builds the report item of one interaction event in its
 // ecosystem's format, or a quarantined item saying why it cannot be built.
-func mapInteraction(event *outbox.Event) mappedItem {
+func mapInteraction(adapter regulator.Adapter, event *outbox.Event) mappedItem {
 	item := mappedItem{event: event, state: itemPending, reportedAt: event.OccurredAt, body: []byte("{}"), role: outbox.RoleServer}
 	quarantine := func(reason string) mappedItem {
 		item.state = itemQuarantined
@@ -131,21 +132,15 @@ func mapInteraction(event *outbox.Event) mappedItem {
 		item.reportedAt = interaction.Timestamp
 	}
 
-	switch event.Ecosystem {
-	case outbox.EcosystemOFB:
-		report, err := ofb.NewReport(interaction)
-		if err != nil {
-			return quarantine(err.Error())
-		}
-		body, err := json.Marshal(report)
-		if err != nil {
-			return quarantine("encode report: " + err.Error())
-		}
-		item.body = body
-		return item
-	default:
-		return quarantine(fmt.Sprintf("no report adapter for ecosystem %s", event.Ecosystem))
+	if adapter == nil {
+		return quarantine(fmt.Sprintf("no regulator adapter for ecosystem %s", event.Ecosystem))
 	}
+	body, err := adapter.Map(interaction)
+	if err != nil {
+		return quarantine(err.Error())
+	}
+	item.body = body
+	return item
 }
 
 func insertItems(ctx context.Context, tx pgx.Tx, items []mappedItem) error {

@@ -42,9 +42,9 @@ func (SubmitArgs) InsertOpts() river.InsertOpts {
 // final state and the job's completion in one transaction after it returns.
 type SubmitWorker struct {
 	river.WorkerDefaults[SubmitArgs]
-	Logger    *slog.Logger
-	Pool      *pgxpool.Pool
-	Reporters map[string]regulator.Reporter
+	Adapters map[string]regulator.Adapter
+	Logger   *slog.Logger
+	Pool     *pgxpool.Pool
 }
 
 // Batch states.
@@ -73,9 +73,9 @@ func (w *SubmitWorker) Work(ctx context.Context, job *river.Job[SubmitArgs]) err
 	}
 	logger = logger.With("tenant_id", config.TenantID, "ecosystem", config.Ecosystem)
 
-	reporter := w.Reporters[config.Ecosystem]
-	if reporter == nil {
-		return w.recordFailure(ctx, batchID, attemptID, fmt.Errorf("no reporter for ecosystem %s", config.Ecosystem))
+	adapter := w.Adapters[config.Ecosystem]
+	if adapter == nil {
+		return w.recordFailure(ctx, batchID, attemptID, fmt.Errorf("no regulator adapter for ecosystem %s", config.Ecosystem))
 	}
 
 	bodies := make([]json.RawMessage, len(items))
@@ -83,7 +83,7 @@ func (w *SubmitWorker) Work(ctx context.Context, job *river.Job[SubmitArgs]) err
 		bodies[i] = item.body
 	}
 	started := time.Now()
-	result, err := reporter.Report(ctx, config, bodies)
+	result, err := adapter.Report(ctx, config, bodies)
 	if err != nil {
 		logger.Warn("submission failed", "event", "submit.failed", "error", err, "items", len(items),
 			"attempt", job.Attempt)

@@ -52,8 +52,12 @@ type Config struct {
 	// pipeline. Empty means "regulator".
 	RegulatorConsumer string
 
-	// Reporters maps an ecosystem to its regulator adapter.
-	Reporters map[string]regulator.Reporter
+	// Adapters maps an ecosystem to its regulator adapter.
+	Adapters map[string]regulator.Adapter
+
+	// Extensions add workers, periodic jobs, queues and durable consumers
+	// beyond the regulator pipeline, such as customer webhooks.
+	Extensions []Extension
 
 	// ShutdownTimeout is how long in-flight jobs get to finish after a stop
 	// is requested before they are cancelled. Zero means 30 seconds.
@@ -69,6 +73,7 @@ type Config struct {
 type Service struct {
 	cfg       Config
 	consumer  *Consumer
+	consumers []*Consumer
 	http      *http.Server
 	listener  net.Listener
 	logger    *slog.Logger
@@ -145,8 +150,18 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 
 	workers := river.NewWorkers()
 	periodic, queues := jobs.Register(workers, jobs.Config{
-		FlushEvery: cfg.FlushEvery, Logger: logger, Pool: s.pool, Reporters: cfg.Reporters,
+		Adapters: cfg.Adapters, FlushEvery: cfg.FlushEvery, Logger: logger, Pool: s.pool,
 	})
+	for _, extension := range cfg.Extensions {
+		if extension.Register == nil {
+			continue
+		}
+		morePeriodic, moreQueues := extension.Register(workers)
+		periodic = append(periodic, morePeriodic...)
+		for name, queue := range moreQueues {
+			queues[name] = queue
+		}
+	}
 	s.river, err = river.NewClient(riverpgxv5.New(s.pool), &river.Config{
 		Logger:       logger,
 		PeriodicJobs: periodic,
@@ -171,6 +186,25 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	s.consumers = append(s.consumers, s.consumer)
+	for _, extension := range cfg.Extensions {
+		if extension.ConsumerName == "" {
+			continue
+		}
+		consumer, err := NewConsumer(ctx, ConsumerConfig{
+			BatchSize: cfg.ConsumerBatchSize,
+			Decoder:   cfg.Decoder,
+			Handler:   extension.Handler(riverClient),
+			Logger:    logger,
+			Name:      extension.ConsumerName,
+			Pool:      s.pool,
+			Stream:    stream,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.consumers = append(s.consumers, consumer)
 	}
 
 	s.riverUI, err = riverui.NewHandler(&riverui.HandlerOpts{
@@ -244,11 +278,14 @@ func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	consumerCtx, stopConsumer := context.WithCancel(ctx)
 	defer stopConsumer()
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		_ = s.consumer.Run(consumerCtx)
-	}()
+	for _, consumer := range s.consumers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = consumer.Run(consumerCtx)
+		}()
+	}
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		if err := s.http.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {

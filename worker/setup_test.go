@@ -79,7 +79,7 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		}))
 	}
 
-	reporter, err := ofb.NewReporter(ofb.ReporterConfig{BaseURL: p.fake.URL(), TokenURL: p.fake.URL(), RootCAs: p.fake.RootCAs()})
+	adapter, err := ofb.NewAdapter(ofb.AdapterConfig{BaseURL: p.fake.URL(), TokenURL: p.fake.URL(), RootCAs: p.fake.RootCAs()})
 	require.NoError(t, err)
 	p.subject = sequin.Subject(p.db.Name, "public", "outbox", "insert")
 	p.service, err = worker.New(ctx, worker.Config{
@@ -89,7 +89,7 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		HTTPAddr:    "127.0.0.1:0",
 		Logger:      slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 		NATSURL:     p.nats.ClientURL(),
-		Reporters:   map[string]regulator.Reporter{outbox.EcosystemOFB: reporter},
+		Adapters:    map[string]regulator.Adapter{outbox.EcosystemOFB: adapter},
 		Stream:      worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
 	})
 	require.NoError(t, err)

@@ -59,7 +59,7 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 			return cfg, fmt.Errorf("REGULATOR_CA_FILE %s holds no PEM certificate", caFile)
 		}
 	}
-	ofbReporter, err := ofb.NewReporter(ofb.ReporterConfig{
+	ofbAdapter, err := ofb.NewAdapter(ofb.AdapterConfig{
 		BaseURL:  os.Getenv("OFB_REPORT_URL"),
 		RootCAs:  rootCAs,
 		TokenURL: os.Getenv("OFB_TOKEN_URL"),
@@ -67,7 +67,7 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	cfg.Reporters = map[string]regulator.Reporter{outbox.EcosystemOFB: ofbReporter}
+	cfg.Adapters = map[string]regulator.Adapter{outbox.EcosystemOFB: ofbAdapter}
 	return cfg, nil
 }
 

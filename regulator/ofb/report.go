@@ -10,6 +10,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/finnest/eventruntime/outbox"
+	"github.com/finnest/eventruntime/regulator"
 )
 
 // Report roles, as in outbox.Interaction.
@@ -33,15 +34,15 @@ const TimestampLayout = "2006-01-02T15:04:05.000Z"
 var (
 	// ErrInvalidReport marks a report that the PCM would reject whatever the
 	// time. Resending it unchanged cannot succeed.
-	ErrInvalidReport = errors.New("invalid PCM report")
+	ErrInvalidReport = fmt.Errorf("invalid PCM report: %w", regulator.ErrInvalidItem)
 
 	// ErrReportTooOld marks a report whose timestamp is more than
 	// MaxReportAge in the past. The PCM discards it.
-	ErrReportTooOld = errors.New("PCM report timestamp is too old")
+	ErrReportTooOld = fmt.Errorf("PCM report timestamp is too old: %w", regulator.ErrItemExpired)
 
 	// ErrReportInFuture marks a report whose timestamp is more than
 	// MaxClockSkew in the future, which points at a wrong clock.
-	ErrReportInFuture = errors.New("PCM report timestamp is in the future")
+	ErrReportInFuture = fmt.Errorf("PCM report timestamp is in the future: %w", regulator.ErrItemExpired)
 )
 
 // Report is one item of a PCM private report request, a
