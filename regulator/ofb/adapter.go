@@ -36,8 +36,8 @@ type AdapterConfig struct {
 type Adapter struct {
 	allowlist *Allowlist
 	cfg       AdapterConfig
-	mu      sync.Mutex
-	clients map[string]*tenantClient
+	mu        sync.Mutex
+	clients   map[string]*tenantClient
 }
 
 type tenantClient struct {
