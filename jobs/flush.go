@@ -2,20 +2,33 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
+	"github.com/finnest/eventruntime/internal/businessday"
 	"github.com/finnest/eventruntime/tenant"
 )
 
-// MaxBatchItems is the most items one regulator request may carry; both
-// regulators answer 413 above it.
-const MaxBatchItems = 5000
+// Batch limits. Both regulators answer 413 above MaxBatchItems; the byte cap
+// keeps a request well inside what HTTP servers and proxies usually accept.
+const (
+	MaxBatchItems = 5000
+	MaxBatchBytes = 4 << 20
+)
+
+// MaxReportAge is how old a report may be before the regulators discard it.
+const MaxReportAge = 7 * 24 * time.Hour
+
+// DefaultEscalationLead is how long before an item's business day reaches
+// MaxReportAge that an unsubmitted item raises an escalation.
+const DefaultEscalationLead = 24 * time.Hour
 
 // FlushArgs asks for one pass of the flush policy over every enabled tenant.
 type FlushArgs struct{}
@@ -26,16 +39,33 @@ func (FlushArgs) Kind() string { return "flush" }
 // InsertOpts puts flush jobs on the control queue.
 func (FlushArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: QueueControl} }
 
-// FlushWorker seals pending report items into export batches of at most
-// MaxBatchItems per tenant and ecosystem, and enqueues a submit job for each
-// batch in the same transaction. A tenant in near-real-time mode is flushed
-// once it has a full batch or its oldest pending item has waited its flush
-// interval. The database, not the scheduler, records what was flushed, so a
-// missed or repeated run loses nothing and seals nothing twice.
+// FlushWorker seals pending report items into export batches per tenant and
+// ecosystem, at most MaxBatchItems and MaxBatchBytes each, and enqueues a
+// submit job for each batch in the same transaction.
+//
+// The tenant's policy, read from tenant_config on every run, decides when:
+// near_real_time seals once a full batch is pending or the oldest pending
+// item has waited flush_interval; scheduled seals everything every
+// schedule_cadence inside the daily window. Either way, items of business day
+// D are sealed as soon as the deadline of D (08:00 on D+1 in the regulator's
+// zone) is less than deadline_margin away. The database records what was
+// sealed and when the schedule last ran, so a missed, repeated or restarted
+// run loses nothing and seals nothing twice.
 type FlushWorker struct {
 	river.WorkerDefaults[FlushArgs]
+
+	// EscalationLead is how long before the D+7 limit unsubmitted items
+	// raise an escalation. Zero means DefaultEscalationLead.
+	EscalationLead time.Duration
+
 	Logger *slog.Logger
-	Pool   *pgxpool.Pool
+
+	// Now returns the current time. Nil means time.Now.
+	Now func() time.Time
+
+	Pool *pgxpool.Pool
+
+	calendars sync.Map // zone name to businessday.Calendar
 }
 
 // Work runs one flush pass.
@@ -44,63 +74,174 @@ func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error
 	if err != nil {
 		return err
 	}
+	now := time.Now()
+	if w.Now != nil {
+		now = w.Now()
+	}
+	var failures []error
 	for _, config := range configs {
-		for {
-			sealed, err := w.sealOne(ctx, config)
-			if err != nil {
-				return fmt.Errorf("flush tenant %s (%s): %w", config.TenantID, config.Ecosystem, err)
-			}
-			if !sealed {
-				break
-			}
+		if err := w.flushTenant(ctx, config, now); err != nil {
+			// One tenant's failure must not hold back the others.
+			w.Logger.Error("flush failed", "event", "flush.failed", "tenant_id", config.TenantID,
+				"ecosystem", config.Ecosystem, "error", err)
+			failures = append(failures, err)
 		}
 	}
-	return nil
+	return errors.Join(failures...)
 }
 
-// sealOne seals one batch for the tenant when its policy says so, and reports
-// whether it did.
-func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config) (bool, error) {
+func (w *FlushWorker) calendar(zone string) (businessday.Calendar, error) {
+	if cached, ok := w.calendars.Load(zone); ok {
+		return cached.(businessday.Calendar), nil
+	}
+	calendar, err := businessday.NewCalendar(zone)
+	if err != nil {
+		return calendar, err
+	}
+	w.calendars.Store(zone, calendar)
+	return calendar, nil
+}
+
+// UrgentBefore returns the instant before which pending items must be
+// sealed now: the end of the latest business day whose deadline, less
+// margin, has come.
+func UrgentBefore(calendar businessday.Calendar, margin time.Duration, now time.Time) time.Time {
+	day := calendar.Day(now)
+	for calendar.Cutoff(day).Add(-margin).After(now) {
+		day = day.AddDays(-1)
+	}
+	return calendar.Start(day.AddDays(1))
+}
+
+func (w *FlushWorker) flushTenant(ctx context.Context, config *tenant.Config, now time.Time) error {
+	calendar, err := w.calendar(config.RegulatorZone)
+	if err != nil {
+		return err
+	}
+	urgentBefore := UrgentBefore(calendar, config.DeadlineMargin, now)
+
+	switch config.SubmissionMode {
+	case tenant.ModeScheduled:
+		if scheduleDue(calendar, config, now) {
+			if err := w.sealAll(ctx, config, sealFilter{}); err != nil {
+				return err
+			}
+			if _, err := w.Pool.Exec(ctx, `
+				UPDATE tenant_config SET last_flushed_at = $3 WHERE tenant_id = $1 AND ecosystem = $2`,
+				config.TenantID, config.Ecosystem, now); err != nil {
+				return fmt.Errorf("record scheduled flush: %w", err)
+			}
+		} else if err := w.sealAll(ctx, config, sealFilter{reportedBefore: &urgentBefore}); err != nil {
+			return err
+		}
+	default:
+		if err := w.sealAll(ctx, config, sealFilter{nearRealTime: true, urgentBefore: urgentBefore}); err != nil {
+			return err
+		}
+	}
+	return w.escalate(ctx, config, now)
+}
+
+// scheduleDue reports whether a scheduled tenant's window is open at now and
+// its cadence has passed since the last scheduled flush.
+func scheduleDue(calendar businessday.Calendar, config *tenant.Config, now time.Time) bool {
+	local := now.In(calendar.Location)
+	sinceMidnight := time.Duration(local.Hour())*time.Hour + time.Duration(local.Minute())*time.Minute +
+		time.Duration(local.Second())*time.Second
+	start, end := config.ScheduleWindowStart, config.ScheduleWindowEnd
+	var open bool
+	switch {
+	case start == end:
+		open = true
+	case start < end:
+		open = sinceMidnight >= start && sinceMidnight < end
+	default: // the window wraps past midnight
+		open = sinceMidnight >= start || sinceMidnight < end
+	}
+	if !open {
+		return false
+	}
+	return config.LastFlushedAt.IsZero() || now.Sub(config.LastFlushedAt) >= config.ScheduleCadence
+}
+
+// sealFilter selects which pending items a seal takes.
+type sealFilter struct {
+	// nearRealTime seals only when a batch is due under the near-real-time
+	// policy or an item is urgent.
+	nearRealTime bool
+	urgentBefore time.Time
+
+	// reportedBefore, when set, takes only items reported before it.
+	reportedBefore *time.Time
+}
+
+func (w *FlushWorker) sealAll(ctx context.Context, config *tenant.Config, filter sealFilter) error {
+	for {
+		sealed, err := w.sealOne(ctx, config, filter)
+		if err != nil || !sealed {
+			return err
+		}
+	}
+}
+
+// sealOne seals one batch when the filter says so, and reports whether it
+// did.
+func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config, filter sealFilter) (bool, error) {
+	reportedBefore := time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+	if filter.reportedBefore != nil {
+		reportedBefore = *filter.reportedBefore
+	}
 	var sealed bool
 	err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
-		var pending int
-		var oldest *time.Time
-		err := tx.QueryRow(ctx, `
-			SELECT count(*), min(created_at) FROM (
-				SELECT created_at FROM report_items
-				WHERE tenant_id = $1 AND ecosystem = $2 AND state = 'pending'
-				ORDER BY id LIMIT $3) p`,
-			config.TenantID, config.Ecosystem, MaxBatchItems).Scan(&pending, &oldest)
-		if err != nil {
-			return fmt.Errorf("count pending items: %w", err)
-		}
-		if pending == 0 {
-			return nil
-		}
-		if pending < MaxBatchItems && time.Since(*oldest) < config.FlushInterval {
-			return nil
+		if filter.nearRealTime {
+			var pending int
+			var oldest *time.Time
+			var urgent bool
+			err := tx.QueryRow(ctx, `
+				SELECT count(*), min(created_at), coalesce(bool_or(reported_at < $4), false) FROM (
+					SELECT created_at, reported_at FROM report_items
+					WHERE tenant_id = $1 AND ecosystem = $2 AND state = 'pending'
+					ORDER BY id LIMIT $3) p`,
+				config.TenantID, config.Ecosystem, MaxBatchItems, filter.urgentBefore).Scan(&pending, &oldest, &urgent)
+			if err != nil {
+				return fmt.Errorf("count pending items: %w", err)
+			}
+			if pending == 0 {
+				return nil
+			}
+			if pending < MaxBatchItems && !urgent && time.Since(*oldest) < config.FlushInterval {
+				return nil
+			}
 		}
 
 		var batchID int64
-		err = tx.QueryRow(ctx, `
+		err := tx.QueryRow(ctx, `
 			INSERT INTO export_batches (tenant_id, ecosystem, state, sealed_at)
 			VALUES ($1, $2, 'sealed', now()) RETURNING id`, config.TenantID, config.Ecosystem).Scan(&batchID)
 		if err != nil {
 			return fmt.Errorf("create batch: %w", err)
 		}
+		// Take pending items in id order up to the item and byte caps.
 		tag, err := tx.Exec(ctx, `
 			UPDATE report_items SET state = 'batched', batch_id = $1, updated_at = now()
 			WHERE id IN (
-				SELECT id FROM report_items
-				WHERE tenant_id = $2 AND ecosystem = $3 AND state = 'pending'
-				ORDER BY id LIMIT $4
-				FOR UPDATE SKIP LOCKED)`,
-			batchID, config.TenantID, config.Ecosystem, MaxBatchItems)
+				SELECT id FROM (
+					SELECT id, sum(octet_length(body::text) + 1) OVER (ORDER BY id) AS total
+					FROM (
+						SELECT id, body FROM report_items
+						WHERE tenant_id = $2 AND ecosystem = $3 AND state = 'pending' AND reported_at < $6
+						ORDER BY id LIMIT $4
+						FOR UPDATE SKIP LOCKED) candidates
+				) sized
+				WHERE total <= $5 OR id = (SELECT min(id) FROM report_items
+				                           WHERE tenant_id = $2 AND ecosystem = $3 AND state = 'pending'
+				                             AND reported_at < $6))`,
+			batchID, config.TenantID, config.Ecosystem, MaxBatchItems, MaxBatchBytes, reportedBefore)
 		if err != nil {
 			return fmt.Errorf("assign items to batch %d: %w", batchID, err)
 		}
 		if tag.RowsAffected() == 0 {
-			// Another flush took the items between the count and the update.
+			// Nothing to seal, or another flush took the items first.
 			return errRollback
 		}
 		if _, err := tx.Exec(ctx, `UPDATE export_batches SET item_count = $1 WHERE id = $2`,
@@ -119,8 +260,36 @@ func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config) (bool,
 			"ecosystem", config.Ecosystem, "batch_id", batchID, "items", tag.RowsAffected())
 		return nil
 	})
-	if err == errRollback {
+	if errors.Is(err, errRollback) {
 		return false, nil
 	}
 	return sealed, err
+}
+
+// escalate counts the tenant's items that are not yet submitted and whose
+// report age comes within EscalationLead of MaxReportAge, after which the
+// regulator discards them. It records the count as a gauge and logs an
+// error when there are any.
+func (w *FlushWorker) escalate(ctx context.Context, config *tenant.Config, now time.Time) error {
+	lead := w.EscalationLead
+	if lead == 0 {
+		lead = DefaultEscalationLead
+	}
+	threshold := now.Add(-MaxReportAge + lead)
+	var count int64
+	var oldest *time.Time
+	err := w.Pool.QueryRow(ctx, `
+		SELECT count(*), min(reported_at) FROM report_items
+		WHERE tenant_id = $1 AND ecosystem = $2 AND state IN ('pending', 'batched') AND reported_at < $3`,
+		config.TenantID, config.Ecosystem, threshold).Scan(&count, &oldest)
+	if err != nil {
+		return fmt.Errorf("count items near the final deadline: %w", err)
+	}
+	metrics.escalatedItems.Record(ctx, count, ecosystemAttr(config.Ecosystem))
+	if count > 0 {
+		w.Logger.Error("report items are close to the regulator's 7-day limit and not yet submitted",
+			"event", "deadline.escalation", "tenant_id", config.TenantID, "ecosystem", config.Ecosystem,
+			"items", count, "oldest_reported_at", oldest, "limit", oldest.Add(MaxReportAge))
+	}
+	return nil
 }

@@ -48,6 +48,13 @@ type Config struct {
 
 	// Adapters maps an ecosystem to its regulator adapter.
 	Adapters map[string]regulator.Adapter
+
+	// ReadBackDelay is how long after an interrupted request the submit job
+	// waits before reading items back. Zero means one minute.
+	ReadBackDelay time.Duration
+
+	// SubmitCrash is SubmitWorker.Crash, a hook for fault-injection tests.
+	SubmitCrash func(stage SubmitStage, batchID int64) error
 }
 
 // Register adds the pipeline's workers to workers and returns its periodic
@@ -58,7 +65,9 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 	}
 	river.AddWorker(workers, &MapWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool})
 	river.AddWorker(workers, &FlushWorker{Logger: cfg.Logger, Pool: cfg.Pool})
-	river.AddWorker(workers, &SubmitWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool})
+	river.AddWorker(workers, &SubmitWorker{
+		Adapters: cfg.Adapters, Crash: cfg.SubmitCrash, Logger: cfg.Logger, Pool: cfg.Pool, ReadBackDelay: cfg.ReadBackDelay,
+	})
 	river.AddWorker(workers, &PartitionsWorker{Logger: cfg.Logger, Pool: cfg.Pool})
 
 	periodic := []*river.PeriodicJob{

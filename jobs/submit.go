@@ -6,15 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net/http"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"go.opentelemetry.io/otel/attribute"
 
-	"github.com/finnest/eventruntime/internal/canonicaljson"
 	"github.com/finnest/eventruntime/regulator"
 	"github.com/finnest/eventruntime/tenant"
 )
@@ -27,8 +28,8 @@ type SubmitArgs struct {
 // Kind returns the job kind.
 func (SubmitArgs) Kind() string { return "submit" }
 
-// InsertOpts makes submit jobs unique per batch while one is pending, running
-// or retrying, so two workers never post the same batch at once.
+// InsertOpts makes submit jobs unique per batch, so two workers never post
+// the same batch at once and a batch is never enqueued twice.
 func (SubmitArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{
 		Queue:      QueueSubmit,
@@ -36,25 +37,67 @@ func (SubmitArgs) InsertOpts() river.InsertOpts {
 	}
 }
 
-// SubmitWorker posts a sealed batch and records the regulator's verdict on
-// each item. It commits a posting marker and a submission attempt before the
-// request leaves, and records receipts, evidence, item states, the batch's
-// final state and the job's completion in one transaction after it returns.
-type SubmitWorker struct {
-	river.WorkerDefaults[SubmitArgs]
-	Adapters map[string]regulator.Adapter
-	Logger   *slog.Logger
-	Pool     *pgxpool.Pool
-}
-
-// Batch states.
+// Batch states. A batch goes from sealed to posting to a final state
+// (accepted, partially_discarded, rejected or split), or from posting to
+// retry and back.
 const (
 	batchAccepted           = "accepted"
 	batchPartiallyDiscarded = "partially_discarded"
 	batchPosting            = "posting"
 	batchRejected           = "rejected"
 	batchRetry              = "retry"
+	batchSplit              = "split"
 )
+
+// SubmitStage names a point of the submission at which a test can stop the
+// worker as if its process died there.
+type SubmitStage string
+
+// Stages at which SubmitWorker.Crash is consulted.
+const (
+	// StageAfterMarker is after the posting marker committed and before the
+	// request leaves.
+	StageAfterMarker SubmitStage = "after_marker"
+	// StageAfterResponse is after the regulator answered and before anything
+	// about the answer is recorded.
+	StageAfterResponse SubmitStage = "after_response"
+	// StageBeforeReceiptCommit is inside the transaction that records the
+	// answer, just before it commits; stopping there rolls it back.
+	StageBeforeReceiptCommit SubmitStage = "before_receipt_commit"
+)
+
+// SubmitWorker posts a sealed batch and records the regulator's verdict on
+// each item.
+//
+// Every step is a transaction of its own: a posting marker and a submission
+// attempt commit before the request leaves, and receipts, evidence, item
+// states, the batch's final state and the job's completion commit together
+// after the answer. A batch found in state posting was interrupted after a
+// request may have left, so its items are first read back from the regulator
+// and only the missing ones are sent again.
+type SubmitWorker struct {
+	river.WorkerDefaults[SubmitArgs]
+
+	// Adapters maps an ecosystem to its regulator.
+	Adapters map[string]regulator.Adapter
+
+	// Crash, when set, is called at each SubmitStage; a non-nil error stops
+	// the job at once, recording nothing more, as a process death would. It
+	// is a hook for fault-injection tests.
+	Crash func(stage SubmitStage, batchID int64) error
+
+	Logger *slog.Logger
+
+	// MaxRetryAfter caps a regulator's Retry-After. Zero means 15 minutes.
+	MaxRetryAfter time.Duration
+
+	Pool *pgxpool.Pool
+
+	// ReadBackDelay is how long after an interrupted request the worker waits
+	// before reading items back, because the regulator stores reports
+	// asynchronously. Zero means one minute.
+	ReadBackDelay time.Duration
+}
 
 type batchItem struct {
 	id                int64
@@ -62,224 +105,320 @@ type batchItem struct {
 	body              json.RawMessage
 }
 
-// Work posts the batch once.
-func (w *SubmitWorker) Work(ctx context.Context, job *river.Job[SubmitArgs]) error {
-	batchID := job.Args.BatchID
-	logger := w.Logger.With("batch_id", batchID)
+// submission is what one run of the job knows about its batch.
+type submission struct {
+	attempt   int
+	attemptID int64
+	batchID   int64
+	config    *tenant.Config
+	items     []batchItem
+	postedAt  *time.Time
+	state     string
+}
 
-	config, attemptID, items, done, err := w.claim(ctx, job)
+// Work drives the batch one step towards a final state.
+func (w *SubmitWorker) Work(ctx context.Context, job *river.Job[SubmitArgs]) error {
+	sub, done, err := w.prepare(ctx, job)
 	if err != nil || done {
 		return err
 	}
-	logger = logger.With("tenant_id", config.TenantID, "ecosystem", config.Ecosystem)
-
-	adapter := w.Adapters[config.Ecosystem]
+	logger := w.Logger.With("batch_id", sub.batchID, "tenant_id", sub.config.TenantID,
+		"ecosystem", sub.config.Ecosystem)
+	adapter := w.Adapters[sub.config.Ecosystem]
 	if adapter == nil {
-		return w.recordFailure(ctx, batchID, attemptID, fmt.Errorf("no regulator adapter for ecosystem %s", config.Ecosystem))
+		return fmt.Errorf("submit batch %d: no regulator adapter for ecosystem %s", sub.batchID, sub.config.Ecosystem)
 	}
 
-	bodies := make([]json.RawMessage, len(items))
-	for i, item := range items {
+	if sub.state == batchPosting {
+		// An earlier run stopped after its request may have left.
+		if wait := w.readBackDelay() - time.Since(*sub.postedAt); wait > 0 {
+			return river.JobSnooze(wait)
+		}
+		if err := w.readBack(ctx, adapter, sub, logger); err != nil {
+			return err
+		}
+	}
+	if len(sub.items) == 0 {
+		return w.finish(ctx, job, sub, nil, logger)
+	}
+
+	if err := w.markPosting(ctx, sub); err != nil {
+		return err
+	}
+	if err := w.crash(StageAfterMarker, sub.batchID); err != nil {
+		return err
+	}
+
+	bodies := make([]json.RawMessage, len(sub.items))
+	for i, item := range sub.items {
 		bodies[i] = item.body
 	}
 	started := time.Now()
-	result, err := adapter.Report(ctx, config, bodies)
-	if err != nil {
-		logger.Warn("submission failed", "event", "submit.failed", "error", err, "items", len(items),
-			"attempt", job.Attempt)
-		return w.recordFailure(ctx, batchID, attemptID, err)
-	}
-
-	state, accepted, discarded, err := w.recordResult(ctx, job, config, attemptID, items, result)
-	if err != nil {
+	result, postErr := adapter.Report(ctx, sub.config, bodies)
+	metrics.submitDuration.Record(ctx, time.Since(started).Seconds(), ecosystemAttr(sub.config.Ecosystem))
+	if err := w.crash(StageAfterResponse, sub.batchID); err != nil {
 		return err
 	}
-	logger.Info("batch submitted", "event", "submit.batch_"+state, "items", len(items),
-		"accepted", accepted, "discarded", discarded, "status_code", result.StatusCode,
-		"duration_ms", time.Since(started).Milliseconds())
-	return nil
+	if postErr == nil {
+		return w.finish(ctx, job, sub, result, logger)
+	}
+	return w.handleFailure(ctx, job, sub, postErr, logger)
 }
 
-// claim locks the batch, marks it posting and opens an attempt, committing
-// before any request leaves. done is true when the batch needs no request.
-func (w *SubmitWorker) claim(ctx context.Context, job *river.Job[SubmitArgs]) (
-	config *tenant.Config, attemptID int64, items []batchItem, done bool, err error,
-) {
-	batchID := job.Args.BatchID
-	err = pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
-		var tenantID, ecosystem, state string
-		err := tx.QueryRow(ctx, `SELECT tenant_id, ecosystem, state FROM export_batches WHERE id = $1 FOR UPDATE`,
-			batchID).Scan(&tenantID, &ecosystem, &state)
+func (w *SubmitWorker) crash(stage SubmitStage, batchID int64) error {
+	if w.Crash == nil {
+		return nil
+	}
+	return w.Crash(stage, batchID)
+}
+
+func (w *SubmitWorker) readBackDelay() time.Duration {
+	if w.ReadBackDelay == 0 {
+		return time.Minute
+	}
+	return w.ReadBackDelay
+}
+
+// prepare locks the batch, quarantines items that fail the adapter's check,
+// and loads the items still to send. done is true when the batch is already
+// final.
+func (w *SubmitWorker) prepare(ctx context.Context, job *river.Job[SubmitArgs]) (*submission, bool, error) {
+	sub := &submission{batchID: job.Args.BatchID}
+	done := false
+	var quarantined []quarantinedItem
+	err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
+		var tenantID, ecosystem string
+		err := tx.QueryRow(ctx, `
+			SELECT tenant_id, ecosystem, state, posted_at,
+			       (SELECT count(*) FROM submission_attempts WHERE batch_id = b.id)
+			FROM export_batches b WHERE id = $1 FOR UPDATE`,
+			sub.batchID).Scan(&tenantID, &ecosystem, &sub.state, &sub.postedAt, &sub.attempt)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return river.JobCancel(fmt.Errorf("batch %d does not exist", batchID))
+			return river.JobCancel(fmt.Errorf("batch %d does not exist", sub.batchID))
 		}
 		if err != nil {
-			return fmt.Errorf("lock batch %d: %w", batchID, err)
+			return fmt.Errorf("lock batch %d: %w", sub.batchID, err)
 		}
-		switch state {
-		case batchAccepted, batchPartiallyDiscarded, batchRejected:
+		switch sub.state {
+		case batchAccepted, batchPartiallyDiscarded, batchRejected, batchSplit:
 			done = true
 			_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
 			return err
 		}
-		// NOTE: a batch found in state posting was interrupted after its
-		// request may have left; it is posted again here, which the regulator
-		// may count twice.
 
-		if config, err = tenant.Get(ctx, tx, tenantID, ecosystem); err != nil {
+		if sub.config, err = tenant.Get(ctx, tx, tenantID, ecosystem); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `
-			SELECT id, fapi_interaction_id, body FROM report_items
-			WHERE batch_id = $1 AND state = 'batched' ORDER BY id`, batchID)
+		items, err := loadItems(ctx, tx, sub.batchID)
 		if err != nil {
-			return fmt.Errorf("read items of batch %d: %w", batchID, err)
+			return err
 		}
-		items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (batchItem, error) {
-			var item batchItem
-			err := row.Scan(&item.id, &item.fapiInteractionID, &item.body)
-			return item, err
-		})
-		if err != nil {
-			return fmt.Errorf("read items of batch %d: %w", batchID, err)
+		adapter := w.Adapters[ecosystem]
+		now := time.Now()
+		for _, item := range items {
+			if adapter != nil {
+				if err := adapter.Check(item.body, now); err != nil {
+					quarantined = append(quarantined, quarantinedItem{id: item.id, reason: err.Error(),
+						expired: errors.Is(err, regulator.ErrItemExpired)})
+					continue
+				}
+			}
+			sub.items = append(sub.items, item)
 		}
+		return quarantineItems(ctx, tx, quarantined)
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	for _, item := range quarantined {
+		class := "invalid"
+		if item.expired {
+			class = "expired"
+		}
+		metrics.quarantinedItems.Add(ctx, 1, metricAttrs(sub.config.Ecosystem, attribute.String("reason", class)))
+		w.Logger.Warn("report item quarantined before sending", "event", "submit.item_quarantined",
+			"batch_id", sub.batchID, "tenant_id", sub.config.TenantID, "report_item_id", item.id, "reason", item.reason)
+	}
+	return sub, done, nil
+}
 
+type quarantinedItem struct {
+	id      int64
+	reason  string
+	expired bool
+}
+
+func quarantineItems(ctx context.Context, tx pgx.Tx, items []quarantinedItem) error {
+	if len(items) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(items))
+	reasons := make([]string, len(items))
+	for i, item := range items {
+		ids[i], reasons[i] = item.id, item.reason
+	}
+	_, err := tx.Exec(ctx, `
+		UPDATE report_items i SET state = 'quarantined', state_reason = q.reason, updated_at = now()
+		FROM unnest($1::bigint[], $2::text[]) AS q(id, reason) WHERE i.id = q.id`, ids, reasons)
+	if err != nil {
+		return fmt.Errorf("quarantine %d items: %w", len(items), err)
+	}
+	return nil
+}
+
+func loadItems(ctx context.Context, tx pgx.Tx, batchID int64) ([]batchItem, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT id, fapi_interaction_id, body FROM report_items
+		WHERE batch_id = $1 AND state = 'batched' ORDER BY id`, batchID)
+	if err != nil {
+		return nil, fmt.Errorf("read items of batch %d: %w", batchID, err)
+	}
+	items, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (batchItem, error) {
+		var item batchItem
+		err := row.Scan(&item.id, &item.fapiInteractionID, &item.body)
+		return item, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read items of batch %d: %w", batchID, err)
+	}
+	return items, nil
+}
+
+// markPosting commits the posting marker and a new attempt before the
+// request leaves.
+func (w *SubmitWorker) markPosting(ctx context.Context, sub *submission) error {
+	sub.attempt++
+	err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `
 			UPDATE export_batches SET state = 'posting', posted_at = now(), updated_at = now()
-			WHERE id = $1`, batchID); err != nil {
-			return fmt.Errorf("mark batch %d posting: %w", batchID, err)
+			WHERE id = $1`, sub.batchID); err != nil {
+			return err
 		}
 		return tx.QueryRow(ctx, `
 			INSERT INTO submission_attempts (tenant_id, ecosystem, batch_id, attempt, item_count)
-			VALUES ($1, $2, $3, (SELECT count(*) + 1 FROM submission_attempts WHERE batch_id = $3), $4)
-			RETURNING id`, tenantID, ecosystem, batchID, len(items)).Scan(&attemptID)
+			VALUES ($1, $2, $3, $4, $5) RETURNING id`,
+			sub.config.TenantID, sub.config.Ecosystem, sub.batchID, sub.attempt, len(sub.items)).Scan(&sub.attemptID)
 	})
-	return config, attemptID, items, done, err
+	if err != nil {
+		return fmt.Errorf("mark batch %d posting: %w", sub.batchID, err)
+	}
+	return nil
 }
 
-// recordFailure closes the attempt and moves the batch to retry, then returns
-// cause so River retries the job with backoff.
-func (w *SubmitWorker) recordFailure(ctx context.Context, batchID, attemptID int64, cause error) error {
+// readBack asks the regulator which of the batch's items it already holds,
+// records those as accepted, and leaves only the missing ones in sub.items.
+// When the regulator cannot read back, every item is sent again and the
+// regulator's own duplicate detection applies.
+func (w *SubmitWorker) readBack(ctx context.Context, adapter regulator.Adapter, sub *submission, logger *slog.Logger) error {
+	var found []readBackItem
+	var missing []batchItem
+	for _, item := range sub.items {
+		ok, reportID, err := adapter.Lookup(ctx, sub.config, item.body)
+		if errors.Is(err, regulator.ErrLookupUnsupported) {
+			logger.Warn("regulator cannot read back; resending the interrupted batch",
+				"event", "submit.read_back_unsupported", "items", len(sub.items))
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read back item %d of batch %d: %w", item.id, sub.batchID, err)
+		}
+		if ok {
+			found = append(found, readBackItem{batchItem: item, reportID: reportID})
+		} else {
+			missing = append(missing, item)
+		}
+	}
+	if len(found) > 0 {
+		if err := w.recordReadBack(ctx, sub, found); err != nil {
+			return err
+		}
+		metrics.readBackRecovered.Add(ctx, int64(len(found)), ecosystemAttr(sub.config.Ecosystem))
+	}
+	logger.Info("interrupted batch read back", "event", "submit.read_back",
+		"found", len(found), "missing", len(missing))
+	sub.items = missing
+	return nil
+}
+
+// handleFailure records a failed request and decides what happens next:
+// 413 splits the batch; 400, 403, 415 and other client errors reject it;
+// 429 and 401 retry with the batch known not to be stored; 5xx, 408 and
+// transport errors retry with the batch left in state posting, because the
+// regulator may have stored it.
+func (w *SubmitWorker) handleFailure(ctx context.Context, job *river.Job[SubmitArgs], sub *submission,
+	cause error, logger *slog.Logger,
+) error {
+	statusErr := regulator.AsStatusError(cause)
+	status := 0
+	if statusErr != nil {
+		status = statusErr.StatusCode
+	}
+
+	switch {
+	case status == http.StatusRequestEntityTooLarge:
+		return w.split(ctx, job, sub, cause, logger)
+	case status >= 400 && status < 500 && status != http.StatusUnauthorized &&
+		status != http.StatusRequestTimeout && status != http.StatusTooManyRequests:
+		return w.reject(ctx, job, sub, cause, logger)
+	}
+
+	nextState := batchPosting
+	if status == http.StatusTooManyRequests || status == http.StatusUnauthorized {
+		nextState = batchRetry
+	}
+	if err := w.recordAttemptFailure(ctx, sub, status, cause, nextState); err != nil {
+		return err
+	}
+	logger.Warn("submission failed; will retry", "event", "submit.retry", "error", cause,
+		"status_code", status, "attempt", sub.attempt, "items", len(sub.items), "next_state", nextState)
+
+	if statusErr != nil && statusErr.RetryAfter > 0 {
+		wait := min(statusErr.RetryAfter, w.maxRetryAfter())
+		if nextState == batchPosting {
+			wait = max(wait, w.readBackDelay())
+		}
+		return river.JobSnooze(wait)
+	}
+	return fmt.Errorf("submit batch %d: %w", sub.batchID, cause)
+}
+
+func (w *SubmitWorker) maxRetryAfter() time.Duration {
+	if w.MaxRetryAfter == 0 {
+		return 15 * time.Minute
+	}
+	return w.MaxRetryAfter
+}
+
+func (w *SubmitWorker) recordAttemptFailure(ctx context.Context, sub *submission, status int, cause error,
+	nextState string,
+) error {
 	var statusCode *int
-	if statusErr := regulator.AsStatusError(cause); statusErr != nil {
-		statusCode = &statusErr.StatusCode
+	if status != 0 {
+		statusCode = &status
 	}
 	err := pgx.BeginFunc(context.WithoutCancel(ctx), w.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `
 			UPDATE submission_attempts SET finished_at = now(), http_status = $2, outcome = 'failed', error = $3
-			WHERE id = $1`, attemptID, statusCode, cause.Error()); err != nil {
+			WHERE id = $1`, sub.attemptID, statusCode, cause.Error()); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `
-			UPDATE export_batches SET state = 'retry', last_error = $2, updated_at = now() WHERE id = $1`,
-			batchID, cause.Error())
+			UPDATE export_batches SET state = $2, last_error = $3, updated_at = now() WHERE id = $1`,
+			sub.batchID, nextState, cause.Error())
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("submit batch %d: %w (and recording the failure failed: %v)", batchID, cause, err)
+		return fmt.Errorf("record failure of batch %d (%v): %w", sub.batchID, cause, err)
 	}
-	return fmt.Errorf("submit batch %d: %w", batchID, cause)
+	return nil
 }
 
-// recordResult stores the regulator's verdict and completes the job in one
-// transaction.
-func (w *SubmitWorker) recordResult(ctx context.Context, job *river.Job[SubmitArgs], config *tenant.Config,
-	attemptID int64, items []batchItem, result *regulator.Result,
-) (state string, accepted, discarded int, err error) {
-	batchID := job.Args.BatchID
-	if len(result.Items) != len(items) {
-		return "", 0, 0, w.recordFailure(ctx, batchID, attemptID,
-			fmt.Errorf("regulator returned %d results for %d items", len(result.Items), len(items)))
-	}
-
-	requestCanonical, err := canonicaljson.Marshal(result.RequestBody)
-	if err != nil {
-		return "", 0, 0, fmt.Errorf("canonicalize request of batch %d: %w", batchID, err)
-	}
-	requestSHA := canonicaljson.SHA256(requestCanonical)
-
-	var (
-		evidence = &pgx.Batch{}
-		n        = len(items)
-		itemIDs  = make([]int64, n)
-		fapiIDs  = make([]string, n)
-		reports  = make([]*string, n)
-		statuses = make([]string, n)
-		messages = make([]*string, n)
-		evidIDs  = make([]*uuid.UUID, n)
-	)
-	evidence.Queue(`
-		INSERT INTO payload_evidence (id, tenant_id, ecosystem, kind, batch_id, sha256, canonical)
-		VALUES ($1, $2, $3, 'request', $4, $5, $6)`,
-		uuid.Must(uuid.NewV7()), config.TenantID, config.Ecosystem, batchID, requestSHA, requestCanonical)
-	for i, item := range items {
-		verdict := result.Items[i]
-		itemIDs[i], fapiIDs[i], statuses[i] = item.id, item.fapiInteractionID, verdict.Status
-		if verdict.ReportID != "" {
-			reports[i] = &verdict.ReportID
-		}
-		if verdict.Message != "" {
-			messages[i] = &verdict.Message
-		}
-		if verdict.Status != regulator.StatusAccepted {
-			discarded++
-			continue
-		}
-		accepted++
-		canonical, err := canonicaljson.Marshal(item.body)
-		if err != nil {
-			return "", 0, 0, fmt.Errorf("canonicalize item %d: %w", item.id, err)
-		}
-		id := uuid.Must(uuid.NewV7())
-		evidIDs[i] = &id
-		evidence.Queue(`
-			INSERT INTO payload_evidence (id, tenant_id, ecosystem, kind, batch_id, report_item_id, sha256, canonical)
-			VALUES ($1, $2, $3, 'item', $4, $5, $6, $7)`,
-			id, config.TenantID, config.Ecosystem, batchID, item.id, canonicaljson.SHA256(canonical), canonical)
-	}
-
-	state = batchAccepted
-	if discarded > 0 {
-		state = batchPartiallyDiscarded
-	}
-	if accepted == 0 {
-		state = batchRejected
-	}
-
-	err = pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
-		if err := tx.SendBatch(ctx, evidence).Close(); err != nil {
-			return fmt.Errorf("store evidence: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO submission_receipts (tenant_id, ecosystem, batch_id, report_item_id, fapi_interaction_id,
-			                                 report_id, status, message, evidence_id)
-			SELECT $1, $2, $3, * FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::uuid[])`,
-			config.TenantID, config.Ecosystem, batchID, itemIDs, fapiIDs, reports, statuses, messages, evidIDs); err != nil {
-			return fmt.Errorf("store receipts: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `
-			UPDATE report_items i SET state = CASE r.status WHEN 'ACCEPTED' THEN 'accepted' ELSE 'discarded' END,
-			       state_reason = r.message, updated_at = now()
-			FROM unnest($1::bigint[], $2::text[], $3::text[]) AS r(id, status, message)
-			WHERE i.id = r.id`, itemIDs, statuses, messages); err != nil {
-			return fmt.Errorf("update item states: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `
-			UPDATE export_batches SET state = $2, item_count = $3, accepted_count = $4, discarded_count = $5,
-			       last_error = NULL, finished_at = now(), updated_at = now()
-			WHERE id = $1`, batchID, state, n, accepted, discarded); err != nil {
-			return fmt.Errorf("finish batch: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `
-			UPDATE submission_attempts SET finished_at = now(), http_status = $2, outcome = $3, request_sha256 = $4
-			WHERE id = $1`, attemptID, result.StatusCode, state, requestSHA); err != nil {
-			return fmt.Errorf("finish attempt: %w", err)
-		}
-		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-		return err
-	})
-	if err != nil {
-		return "", 0, 0, fmt.Errorf("record result of batch %d: %w", batchID, err)
-	}
-	return state, accepted, discarded, nil
+// NextRetry backs off exponentially from one second to five minutes, with
+// jitter, instead of River's default, which waits hours by the tenth
+// attempt: regulator outages are usually short and deadlines are daily.
+func (w *SubmitWorker) NextRetry(job *river.Job[SubmitArgs]) time.Time {
+	backoff := time.Second << min(job.Attempt-1, 9)
+	backoff = min(backoff, 5*time.Minute)
+	jitter := time.Duration(rand.Int64N(int64(backoff)/4 + 1))
+	return time.Now().Add(backoff + jitter)
 }

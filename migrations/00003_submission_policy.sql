@@ -16,7 +16,22 @@ ALTER TABLE tenant_config
     -- signing key; the key itself is a credential reference.
     ADD COLUMN signing_key_id        text     NOT NULL DEFAULT '';
 
--- Quarantined items never reach a batch; this index serves reconcile counts.
+-- A batch the regulator refused as too large (413) is split in two and
+-- ends as split; items of a batch the regulator rejected outright (400, 403,
+-- 415) end as rejected, kept for an operator to inspect and re-drive.
+ALTER TABLE export_batches DROP CONSTRAINT export_batches_state_check,
+    ADD CONSTRAINT export_batches_state_check CHECK (state IN ('open', 'sealed', 'posting', 'retry',
+        'accepted', 'partially_discarded', 'rejected', 'split'));
+ALTER TABLE export_batches ADD COLUMN parent_batch_id bigint REFERENCES export_batches (id);
+ALTER TABLE report_items DROP CONSTRAINT report_items_state_check,
+    ADD CONSTRAINT report_items_state_check CHECK (state IN ('pending', 'batched', 'accepted', 'discarded',
+        'quarantined', 'rejected'));
+-- A receipt learned by reading the item back from the regulator, after an
+-- attempt whose response was lost, has source read_back.
+ALTER TABLE submission_receipts ADD COLUMN source text NOT NULL DEFAULT 'response'
+    CHECK (source IN ('response', 'read_back'));
+
+-- This index serves reconcile counts.
 CREATE INDEX report_items_state_idx ON report_items (tenant_id, ecosystem, state, reported_at);
 
 -- reconcile_results stores each reconciliation of a tenant's business day:
@@ -46,6 +61,8 @@ CREATE INDEX reconcile_results_day_idx ON reconcile_results (tenant_id, ecosyste
 
 -- +goose Down
 DROP TABLE reconcile_results;
+ALTER TABLE submission_receipts DROP COLUMN source;
+ALTER TABLE export_batches DROP COLUMN parent_batch_id;
 DROP INDEX report_items_state_idx;
 ALTER TABLE tenant_config
     DROP COLUMN regulator_zone, DROP COLUMN schedule_window_start, DROP COLUMN schedule_window_end,

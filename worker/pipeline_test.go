@@ -51,30 +51,45 @@ func TestPipelineEndToEnd(t *testing.T) {
 	require.Equal(t, 2, count(t, p, "SELECT count(DISTINCT tenant_id) FROM export_batches"))
 }
 
-func TestPipelineRecordsDiscardedItems(t *testing.T) {
+func TestPipelineRecordsDiscardedAndQuarantinedItems(t *testing.T) {
 	t.Parallel()
 	p := setupPipeline(t, pipelineOpts{})
 
 	generator := demo.NewGenerator(7, testTenants[:1])
+	modify := func(event *outbox.Event, change func(*outbox.Interaction)) {
+		var interaction outbox.Interaction
+		require.NoError(t, json.Unmarshal(event.Payload, &interaction))
+		change(&interaction)
+		event.Payload, _ = json.Marshal(interaction)
+	}
 	fresh := generator.Event()
+	// The regulator discards reports older than seven days, so the check
+	// before sending keeps this one back.
 	stale := generator.Event()
-	// The regulator discards reports older than seven days.
-	var interaction outbox.Interaction
-	require.NoError(t, json.Unmarshal(stale.Payload, &interaction))
-	interaction.Timestamp = time.Now().Add(-8 * 24 * time.Hour)
-	stale.Payload, _ = json.Marshal(interaction)
-	appendEvents(t, p, []*outbox.Event{fresh, stale}, func(int) int { return 2 })
+	modify(stale, func(in *outbox.Interaction) { in.Timestamp = time.Now().Add(-8 * 24 * time.Hour) })
+	// The regulator discards a report filed for another organisation.
+	foreign := generator.Event()
+	modify(foreign, func(in *outbox.Interaction) {
+		in.Role, in.ServerOrgID, in.ClientOrgID = outbox.RoleServer, testTenants[1].OrganisationID, testTenants[0].OrganisationID
+		in.ClientSSID, in.EndpointURIPrefix, in.AdditionalInfo = "", "", nil
+	})
+	appendEvents(t, p, []*outbox.Event{fresh, stale, foreign}, func(int) int { return 3 })
 
 	require.Eventually(t, func() bool {
-		return count(t, p, "SELECT count(*) FROM submission_receipts") == 2
+		return count(t, p, "SELECT count(*) FROM export_batches WHERE finished_at IS NOT NULL") == 1
 	}, time.Minute, 100*time.Millisecond)
 
 	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM export_batches WHERE state = 'partially_discarded'"))
 	require.Equal(t, 1, count(t, p,
-		"SELECT count(*) FROM submission_receipts WHERE status = 'DISCARDED' AND message <> '' AND evidence_id IS NULL"))
+		"SELECT count(*) FROM report_items WHERE state = 'quarantined' AND state_reason LIKE '%too old%' AND event_id = $1",
+		stale.ID))
 	require.Equal(t, 1, count(t, p,
-		"SELECT count(*) FROM report_items WHERE state = 'discarded' AND event_id = $1", stale.ID))
+		"SELECT count(*) FROM report_items WHERE state = 'discarded' AND event_id = $1", foreign.ID))
+	require.Equal(t, 1, count(t, p,
+		"SELECT count(*) FROM submission_receipts WHERE status = 'DISCARDED' AND message <> '' AND evidence_id IS NULL"))
+	require.Equal(t, 2, count(t, p, "SELECT count(*) FROM submission_receipts"), "the quarantined item is never sent")
 	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM payload_evidence WHERE kind = 'item'"),
 		"only the accepted item gets evidence")
+	require.Zero(t, p.fake.Seen(interactionID(t, stale)))
 	require.Empty(t, p.fake.Violations())
 }

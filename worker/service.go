@@ -59,6 +59,14 @@ type Config struct {
 	// beyond the regulator pipeline, such as customer webhooks.
 	Extensions []Extension
 
+	// ReadBackDelay is how long after an interrupted regulator request the
+	// submit job waits before reading its items back. Zero means one minute.
+	ReadBackDelay time.Duration
+
+	// SubmitCrash is a hook for fault-injection tests; see
+	// jobs.SubmitWorker.Crash.
+	SubmitCrash func(stage jobs.SubmitStage, batchID int64) error
+
 	// ShutdownTimeout is how long in-flight jobs get to finish after a stop
 	// is requested before they are cancelled. Zero means 30 seconds.
 	ShutdownTimeout time.Duration
@@ -151,6 +159,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	workers := river.NewWorkers()
 	periodic, queues := jobs.Register(workers, jobs.Config{
 		Adapters: cfg.Adapters, FlushEvery: cfg.FlushEvery, Logger: logger, Pool: s.pool,
+		ReadBackDelay: cfg.ReadBackDelay, SubmitCrash: cfg.SubmitCrash,
 	})
 	for _, extension := range cfg.Extensions {
 		if extension.Register == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/finnest/eventruntime/internal/demo"
 	"github.com/finnest/eventruntime/internal/natsembed"
 	"github.com/finnest/eventruntime/internal/pgtest"
+	"github.com/finnest/eventruntime/jobs"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator"
 	"github.com/finnest/eventruntime/regulator/ofb"
@@ -43,6 +44,13 @@ type pipeline struct {
 }
 
 type pipelineOpts struct {
+	// crash is the submit job's fault-injection hook.
+	crash func(stage jobs.SubmitStage, batchID int64) error
+
+	// regulatorTimeout bounds each regulator request. Zero means the
+	// adapter's default.
+	regulatorTimeout time.Duration
+
 	// skipStandIn leaves the Sequin stand-in out, for tests that publish
 	// messages themselves.
 	skipStandIn bool
@@ -79,18 +87,22 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		}))
 	}
 
-	adapter, err := ofb.NewAdapter(ofb.AdapterConfig{BaseURL: p.fake.URL(), TokenURL: p.fake.URL(), RootCAs: p.fake.RootCAs()})
+	adapter, err := ofb.NewAdapter(ofb.AdapterConfig{
+		BaseURL: p.fake.URL(), TokenURL: p.fake.URL(), RootCAs: p.fake.RootCAs(), Timeout: opts.regulatorTimeout,
+	})
 	require.NoError(t, err)
 	p.subject = sequin.Subject(p.db.Name, "public", "outbox", "insert")
 	p.service, err = worker.New(ctx, worker.Config{
-		DatabaseURL: p.db.URL,
-		Decoder:     worker.DecodeSequin,
-		FlushEvery:  200 * time.Millisecond,
-		HTTPAddr:    "127.0.0.1:0",
-		Logger:      slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
-		NATSURL:     p.nats.ClientURL(),
-		Adapters:    map[string]regulator.Adapter{outbox.EcosystemOFB: adapter},
-		Stream:      worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
+		DatabaseURL:   p.db.URL,
+		Decoder:       worker.DecodeSequin,
+		FlushEvery:    200 * time.Millisecond,
+		HTTPAddr:      "127.0.0.1:0",
+		Logger:        slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		NATSURL:       p.nats.ClientURL(),
+		ReadBackDelay: 200 * time.Millisecond,
+		SubmitCrash:   opts.crash,
+		Adapters:      map[string]regulator.Adapter{outbox.EcosystemOFB: adapter},
+		Stream:        worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
 	})
 	require.NoError(t, err)
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/http/httptest"
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -76,8 +77,14 @@ func (s *Server) handlePostReports(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if s.applyFault(w, r, items) {
+	handled, loseResponse := s.applyFault(w, r, items)
+	if handled {
 		return
+	}
+	if loseResponse {
+		original := w
+		w = httptest.NewRecorder()
+		defer closeWithoutResponse(original)
 	}
 	if len(items) > ofb.MaxBatchSize {
 		writeMessage(w, http.StatusRequestEntityTooLarge, "Record limit exceeded")
@@ -206,7 +213,7 @@ func (s *Server) handleGetReport(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if s.applyFault(w, r, nil) {
+	if handled, _ := s.applyFault(w, r, nil); handled {
 		return
 	}
 
@@ -276,9 +283,20 @@ func reportsAgree(a, b ofb.Report) bool {
 		a.Endpoint == b.Endpoint && a.HTTPMethod == b.HTTPMethod && a.StatusCode == b.StatusCode
 }
 
+// closeWithoutResponse drops the client's connection without writing a
+// response.
+func closeWithoutResponse(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	_ = conn.Close()
+}
+
 // applyFault writes the next queued fault or the responder's fault, after
-// any delay. It returns true when it wrote a response.
-func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, items []json.RawMessage) bool {
+// any delay. handled is true when it wrote a response; loseResponse is true
+// when the request must be handled and its response dropped.
+func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, items []json.RawMessage) (handled, loseResponse bool) {
 	s.mu.Lock()
 	var fault *Fault
 	if len(s.faults) > 0 {
@@ -292,18 +310,21 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, items []json
 		fault = responder(r, items)
 	}
 	if fault == nil {
-		return false
+		return false, false
 	}
 
 	if fault.Delay > 0 {
 		select {
 		case <-time.After(fault.Delay):
 		case <-r.Context().Done():
-			return true
+			return true, false
 		}
 	}
+	if fault.LoseResponse {
+		return false, true
+	}
 	if fault.Status == 0 {
-		return false
+		return false, false
 	}
 
 	if fault.RetryAfter != "" {
@@ -313,14 +334,14 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, items []json
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(fault.Status)
 		_, _ = w.Write(fault.Body)
-		return true
+		return true, false
 	}
 	message := fault.Message
 	if message == "" {
 		message = http.StatusText(fault.Status)
 	}
 	writeMessage(w, fault.Status, message)
-	return true
+	return true, false
 }
 
 func (s *Server) requestInput(route *routers.Route, r *http.Request, body []byte,

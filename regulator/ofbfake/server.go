@@ -56,6 +56,11 @@ type Fault struct {
 	// Status is 0.
 	Delay time.Duration
 
+	// LoseResponse handles the request normally, storing and counting its
+	// items, then closes the connection without a response, as when a
+	// response is lost in transit. Status is ignored.
+	LoseResponse bool
+
 	// Message is the "message" of the error body. The default is the
 	// status text.
 	Message string
