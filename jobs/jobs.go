@@ -49,6 +49,10 @@ type Config struct {
 	// Adapters maps an ecosystem to its regulator adapter.
 	Adapters map[string]regulator.Adapter
 
+	// Now returns the current time for the flush policy's deadlines and
+	// schedules. Nil means time.Now; tests move it to cross deadlines.
+	Now func() time.Time
+
 	// ReadBackDelay is how long after an interrupted request the submit job
 	// waits before reading items back. Zero means one minute.
 	ReadBackDelay time.Duration
@@ -64,7 +68,7 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 		cfg.FlushEvery = time.Second
 	}
 	river.AddWorker(workers, &MapWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool})
-	river.AddWorker(workers, &FlushWorker{Logger: cfg.Logger, Pool: cfg.Pool})
+	river.AddWorker(workers, &FlushWorker{Logger: cfg.Logger, Now: cfg.Now, Pool: cfg.Pool})
 	river.AddWorker(workers, &SubmitWorker{
 		Adapters: cfg.Adapters, Crash: cfg.SubmitCrash, Logger: cfg.Logger, Pool: cfg.Pool, ReadBackDelay: cfg.ReadBackDelay,
 	})

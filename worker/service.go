@@ -59,6 +59,10 @@ type Config struct {
 	// beyond the regulator pipeline, such as customer webhooks.
 	Extensions []Extension
 
+	// Now returns the current time for the flush policy. Nil means
+	// time.Now; tests move it to cross deadlines.
+	Now func() time.Time
+
 	// ReadBackDelay is how long after an interrupted regulator request the
 	// submit job waits before reading its items back. Zero means one minute.
 	ReadBackDelay time.Duration
@@ -159,7 +163,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	workers := river.NewWorkers()
 	periodic, queues := jobs.Register(workers, jobs.Config{
 		Adapters: cfg.Adapters, FlushEvery: cfg.FlushEvery, Logger: logger, Pool: s.pool,
-		ReadBackDelay: cfg.ReadBackDelay, SubmitCrash: cfg.SubmitCrash,
+		Now: cfg.Now, ReadBackDelay: cfg.ReadBackDelay, SubmitCrash: cfg.SubmitCrash,
 	})
 	for _, extension := range cfg.Extensions {
 		if extension.Register == nil {

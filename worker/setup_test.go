@@ -44,6 +44,9 @@ type pipeline struct {
 }
 
 type pipelineOpts struct {
+	// now is the flush policy's clock. Nil means time.Now.
+	now func() time.Time
+
 	// crash is the submit job's fault-injection hook.
 	crash func(stage jobs.SubmitStage, batchID int64) error
 
@@ -101,6 +104,7 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		NATSURL:       p.nats.ClientURL(),
 		ReadBackDelay: 200 * time.Millisecond,
 		SubmitCrash:   opts.crash,
+		Now:           opts.now,
 		Adapters:      map[string]regulator.Adapter{outbox.EcosystemOFB: adapter},
 		Stream:        worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
 	})

@@ -90,10 +90,18 @@ func (r *Adapter) Lookup(ctx context.Context, config *tenant.Config, item json.R
 	if err != nil || !found {
 		return false, "", convertError(err)
 	}
+	// The PCM may answer with the counterpart's report of the same
+	// interaction; only a report in this item's role is this item.
 	var stored struct {
 		ReportID string `json:"reportId"`
+		Role     string `json:"role"`
 	}
-	_ = json.Unmarshal(body, &stored)
+	if err := json.Unmarshal(body, &stored); err != nil {
+		return false, "", fmt.Errorf("decode read-back of interaction %q: %w", report.FAPIInteractionID, err)
+	}
+	if stored.Role != report.Role {
+		return false, "", nil
+	}
 	return true, stored.ReportID, nil
 }
 
