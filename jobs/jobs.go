@@ -73,6 +73,8 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 		Adapters: cfg.Adapters, Crash: cfg.SubmitCrash, Logger: cfg.Logger, Pool: cfg.Pool, ReadBackDelay: cfg.ReadBackDelay,
 	})
 	river.AddWorker(workers, &PartitionsWorker{Logger: cfg.Logger, Pool: cfg.Pool})
+	river.AddWorker(workers, &ReconcileWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool})
+	river.AddWorker(workers, &ReconcileScheduleWorker{Logger: cfg.Logger, Pool: cfg.Pool})
 
 	periodic := []*river.PeriodicJob{
 		river.NewPeriodicJob(river.PeriodicInterval(cfg.FlushEvery),
@@ -85,6 +87,11 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 				return PartitionsArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: notFinished}}
 			},
 			&river.PeriodicJobOpts{ID: "partitions", RunOnStart: true}),
+		river.NewPeriodicJob(river.PeriodicInterval(15*time.Minute),
+			func() (river.JobArgs, *river.InsertOpts) {
+				return ReconcileScheduleArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: notFinished}}
+			},
+			&river.PeriodicJobOpts{ID: "reconcile_schedule", RunOnStart: true}),
 	}
 	queues := map[string]river.QueueConfig{
 		river.QueueDefault: {MaxWorkers: 2},

@@ -44,6 +44,10 @@ type pipeline struct {
 }
 
 type pipelineOpts struct {
+	// drop makes the Sequin stand-in lose the events it returns true for,
+	// as a transport failure would.
+	drop func(outbox.Event) bool
+
 	// now is the flush policy's clock. Nil means time.Now.
 	now func() time.Time
 
@@ -129,7 +133,7 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		// Replication slots belong to the whole cluster, so each test needs
 		// its own.
 		standIn, err := sequin.NewStandIn(sequin.StandInConfig{
-			DatabaseURL: p.db.URL, NATS: conn, Slot: "standin_" + p.db.Name,
+			DatabaseURL: p.db.URL, Drop: opts.drop, NATS: conn, Slot: "standin_" + p.db.Name,
 		})
 		require.NoError(t, err)
 		wg.Add(1)

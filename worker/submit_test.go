@@ -28,6 +28,11 @@ func appendInteractions(t *testing.T, p *pipeline, n int, seed uint64) []*outbox
 	return events
 }
 
+// demoEvent returns one interaction event of the first test tenant.
+func demoEvent(seed uint64) *outbox.Event {
+	return demo.NewGenerator(seed, testTenants[:1]).Event()
+}
+
 // waitSettled waits until every item of events has a final state.
 func waitSettled(t *testing.T, p *pipeline, events []*outbox.Event) {
 	t.Helper()

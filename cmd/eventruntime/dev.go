@@ -120,6 +120,11 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 	} {
 		os.Setenv(name, value)
 	}
+	opinDemo, err := startDevOPIN(ctx, logger, databaseURL, dataDir, caFile)
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, opinDemo.Close)
 	if os.Getenv("FLUSH_EVERY") == "" {
 		os.Setenv("FLUSH_EVERY", "1s")
 	}
@@ -186,10 +191,17 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 	case <-runCtx.Done():
 	}
 	run("demo producer", producer.Run)
+	run("demo OPIN producer", opinDemo.Run)
 	run("progress", func(ctx context.Context) error { return printProgress(ctx, pool, fake) })
 
-	fmt.Fprintf(os.Stderr, "\neventruntime dev: pipeline running; River UI at http://%s/riverui/ ; Ctrl-C stops it\n\n",
-		service.Addr())
+	envFile := filepath.Join(dataDir, "dev", "env")
+	envText := fmt.Sprintf("export DATABASE_URL='%s'\nexport NATS_URL='%s'\n", databaseURL, natsURL)
+	if err := os.WriteFile(envFile, []byte(envText), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "\neventruntime dev: pipeline running; River UI at http://%s/riverui/ ; Ctrl-C stops it\n"+
+		"  from another shell: . %s && ./bin/eventruntime reconcile --tenant %s --ecosystem ofb --day %s --wait 30s\n\n",
+		service.Addr(), envFile, devTenants[0].ID, time.Now().In(saoPaulo()).Format(time.DateOnly))
 	<-runCtx.Done()
 	fmt.Fprintln(os.Stderr, "\neventruntime dev: stopping")
 	stop()
@@ -307,4 +319,13 @@ func printProgress(ctx context.Context, pool *pgxpool.Pool, fake *ofbfake.Server
 			time.Now().Format("15:04:05"), appended, received, mapped, batched, submitted, accepted, deadLettered,
 			len(fake.Accepted()))
 	}
+}
+
+// saoPaulo returns the demo tenants' regulator zone.
+func saoPaulo() *time.Location {
+	location, err := time.LoadLocation("America/Sao_Paulo")
+	if err != nil {
+		return time.UTC
+	}
+	return location
 }

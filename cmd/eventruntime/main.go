@@ -20,6 +20,7 @@ commands:
   serve            run the NATS consumers, River workers and HTTP endpoints
   migrate up       apply River's and eventruntime's migrations
   migrate status   list migrations and whether each is applied
+  reconcile        enqueue or show a reconcile of a tenant's business day
   dev              start a private Postgres, embedded NATS, the Sequin
                    stand-in, a fake regulator, serve and a demo producer
 
@@ -43,6 +44,8 @@ func main() {
 		err = runMigrate(ctx, logger, os.Args[2:])
 	case "dev":
 		err = runDev(ctx, logger)
+	case "reconcile":
+		err = runReconcile(ctx, os.Args[2:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

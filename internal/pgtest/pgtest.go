@@ -68,47 +68,70 @@ type Database struct {
 // it and drops it when the test ends.
 func NewDatabase(t testing.TB) *Database {
 	t.Helper()
+	db, drop, err := create()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := drop(); err != nil {
+			t.Logf("pgtest: %v", err)
+		}
+	})
+	return db
+}
+
+// NewExampleDatabase is NewDatabase for runnable examples, which have no
+// testing.TB: it panics on failure, and the caller calls drop when done.
+func NewExampleDatabase() (db *Database, drop func()) {
+	db, dropDatabase, err := create()
+	if err != nil {
+		panic(fmt.Sprintf("pgtest: %v", err))
+	}
+	return db, func() { _ = dropDatabase() }
+}
+
+func create() (*Database, func() error, error) {
 	if adminURL == "" {
-		t.Fatal("pgtest: Main was not called from TestMain")
+		return nil, nil, fmt.Errorf("Main was not called from TestMain")
 	}
 	ctx := context.Background()
 
 	templateOnce.Do(func() { templateName, templateErr = createTemplate(ctx) })
 	if templateErr != nil {
-		t.Fatalf("pgtest: create template database: %v", templateErr)
+		return nil, nil, fmt.Errorf("create template database: %w", templateErr)
 	}
 
 	name := "test_" + randomSuffix()
 	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
-		t.Fatalf("pgtest: connect to %s: %v", redact(adminURL), err)
+		return nil, nil, fmt.Errorf("connect to %s: %w", redact(adminURL), err)
 	}
 	defer admin.Close(ctx)
 	if _, err := admin.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s", name, templateName)); err != nil {
-		t.Fatalf("pgtest: create database %s: %v", name, err)
+		return nil, nil, fmt.Errorf("create database %s: %w", name, err)
 	}
 
 	databaseURL := withDatabase(adminURL, name)
 	pool, err := pgxpool.New(ctx, databaseURL)
 	if err != nil {
-		t.Fatalf("pgtest: connect to database %s: %v", name, err)
+		return nil, nil, fmt.Errorf("connect to database %s: %w", name, err)
 	}
-	t.Cleanup(func() {
+	drop := func() error {
 		pool.Close()
 		admin, err := pgx.Connect(context.Background(), adminURL)
 		if err != nil {
-			t.Logf("pgtest: drop database %s: %v", name, err)
-			return
+			return fmt.Errorf("drop database %s: %w", name, err)
 		}
 		defer admin.Close(context.Background())
 		// Replication slots keep a database in use; drop them first.
 		_, _ = admin.Exec(context.Background(),
 			"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active", name)
 		if _, err := admin.Exec(context.Background(), fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", name)); err != nil {
-			t.Logf("pgtest: drop database %s: %v", name, err)
+			return fmt.Errorf("drop database %s: %w", name, err)
 		}
-	})
-	return &Database{Name: name, Pool: pool, URL: databaseURL}
+		return nil
+	}
+	return &Database{Name: name, Pool: pool, URL: databaseURL}, drop, nil
 }
 
 // AdminURL returns the URL of the server's maintenance database.
