@@ -15,6 +15,7 @@ import (
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator"
 	"github.com/finnest/eventruntime/regulator/ofb"
+	"github.com/finnest/eventruntime/regulator/opin"
 	"github.com/finnest/eventruntime/worker"
 )
 
@@ -67,7 +68,15 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	cfg.Adapters = map[string]regulator.Adapter{outbox.EcosystemOFB: ofbAdapter}
+	opinAdapter, err := opin.NewAdapter(opin.AdapterConfig{
+		BaseURL: os.Getenv("OPIN_REPORT_URL"),
+		Logger:  logger,
+		RootCAs: rootCAs,
+	})
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Adapters = map[string]regulator.Adapter{outbox.EcosystemOFB: ofbAdapter, outbox.EcosystemOPIN: opinAdapter}
 	return cfg, nil
 }
 
