@@ -177,6 +177,8 @@ func (w *ReconcileWorker) Work(ctx context.Context, job *river.Job[ReconcileArgs
 			result.SampleMissing, result.SampleChecked))
 	}
 	result.Gap = len(reasons) > 0
+	// Before the deadline, events of the day may still be on their way.
+	result.Details["provisional"] = time.Now().Before(calendar.Cutoff(day))
 	result.Details["gaps"] = reasons
 	result.Details["rejected"] = rejected
 	details, _ := json.Marshal(result.Details)

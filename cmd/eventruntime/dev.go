@@ -86,7 +86,11 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 
 	natsURL := os.Getenv("NATS_URL")
 	if natsURL == "" {
-		server, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(dataDir, "nats")})
+		storeDir := filepath.Join(dataDir, "nats")
+		if err := resetDevData(storeDir); err != nil {
+			return err
+		}
+		server, err := natsembed.Start(natsembed.Config{StoreDir: storeDir})
 		if err != nil {
 			return err
 		}
@@ -211,6 +215,9 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 
 func startDevPostgres(ctx context.Context, dataDir string, logger *slog.Logger) (*pgcluster.Cluster, error) {
 	cfg := pgcluster.Config{DataDir: filepath.Join(dataDir, "postgres"), Durable: true, Logger: logger}
+	if err := resetDevData(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	cluster, err := pgcluster.Start(ctx, cfg)
 	if errors.Is(err, pgcluster.ErrNotTraversable) {
 		// Running as root in a folder the unprivileged postgres user cannot
@@ -218,6 +225,9 @@ func startDevPostgres(ctx context.Context, dataDir string, logger *slog.Logger) 
 		cfg.DataDir = filepath.Join(os.TempDir(), "eventruntime-dev-"+strings.ReplaceAll(strings.Trim(dataDir, "/"), "/", "-"), "postgres")
 		logger.Warn("data folder not reachable by the postgres user; using a folder under /tmp",
 			"event", "dev.postgres_data_moved", "data_dir", cfg.DataDir)
+		if err := resetDevData(cfg.DataDir); err != nil {
+			return nil, err
+		}
 		cluster, err = pgcluster.Start(ctx, cfg)
 	}
 	if err != nil {
@@ -328,4 +338,18 @@ func saoPaulo() *time.Location {
 		return time.UTC
 	}
 	return location
+}
+
+// resetDevData empties a server's data folder, because the fake regulators
+// keep what they accepted in memory only: a pipeline that remembered earlier
+// runs would report items the new fakes never saw. DEV_KEEP_DATA=true keeps
+// the data.
+func resetDevData(dir string) error {
+	if os.Getenv("DEV_KEEP_DATA") == "true" {
+		return nil
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("reset %s: %w", dir, err)
+	}
+	return nil
 }

@@ -125,6 +125,9 @@ func printReconcile(ctx context.Context, pool *pgxpool.Pool, tenantID, ecosystem
 	if result.Gap {
 		verdict = "GAP"
 	}
+	if provisional, _ := result.Details["provisional"].(bool); provisional {
+		verdict += " (provisional: the day's deadline has not passed, so events may still be in flight)"
+	}
 	fmt.Printf("%s %s %s (%s, %s): %s\n", result.TenantID, result.Ecosystem, result.BusinessDay, result.Trigger,
 		result.CreatedAt.Format(time.RFC3339), verdict)
 	fmt.Printf("  captured=%d mapped=%d quarantined=%d submitted=%d accepted=%d discarded=%d unsubmitted=%d\n",
