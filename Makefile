@@ -14,5 +14,11 @@ test:
 build:
 	$(GO) build -o bin/eventruntime ./cmd/eventruntime
 
+# Measure capture throughput and latency against a private PostgreSQL with
+# fsync on: group commit, one transaction per event, and the raw insert
+# ceiling, 10 s each. Figures and the machine they came from: BENCHMARKS.md.
+bench:
+	$(GO) run ./bench/capture -duration 10s
+
 clean:
 	rm -rf .data bin

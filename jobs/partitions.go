@@ -34,8 +34,8 @@ const maxUnaccountedCounted = 1000
 // creates. The default partition, outbox_default, never matches.
 var partitionName = regexp.MustCompile(`^outbox_p([0-9]{8})$`)
 
-// PartitionsArgs asks for the outbox's daily partitions to be created ahead
-// and for partitions past retention to be dropped.
+// PartitionsArgs are the arguments of the job that creates the outbox's daily
+// partitions ahead and drops partitions past retention.
 type PartitionsArgs struct{}
 
 // Kind returns the job kind.
@@ -68,7 +68,7 @@ type PartitionsWorker struct {
 	Pool   *pgxpool.Pool
 }
 
-// PartitionsResult is what one run of PartitionsWorker did.
+// PartitionsResult is the outcome of one run of PartitionsWorker.
 type PartitionsResult struct {
 	// Created counts the partitions created ahead.
 	Created int
@@ -90,7 +90,7 @@ type KeptPartition struct {
 	// Name is the partition's table name.
 	Name string
 
-	// Reason says why it was kept.
+	// Reason is the cause of keeping the partition, for logs.
 	Reason string
 
 	// Unaccounted counts its events not yet accounted for, up to 1,000.
