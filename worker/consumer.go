@@ -80,10 +80,18 @@ type ConsumerStats struct {
 // each fetched batch, records the event ids in consumer_idempotency, runs the
 // handler and commits in one transaction, then acknowledges.
 type Consumer struct {
-	cfg      ConsumerConfig
-	consumer jetstream.Consumer
-	logger   *slog.Logger
-	Stats    ConsumerStats
+	cfg       ConsumerConfig
+	consumer  jetstream.Consumer
+	lastFetch atomic.Int64 // Unix nanoseconds of the last completed fetch
+	logger    *slog.Logger
+	Stats     ConsumerStats
+}
+
+// Healthy reports whether the consumer completed a fetch recently, so a
+// stuck or stopped fetch loop makes the service unready.
+func (c *Consumer) Healthy() bool {
+	last := c.lastFetch.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < 2*c.cfg.FetchMaxWait+30*time.Second
 }
 
 // NewConsumer creates or updates the durable consumer on the stream.
@@ -141,6 +149,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		for msg := range batch.Messages() {
 			messages = append(messages, msg)
 		}
+		c.lastFetch.Store(time.Now().UnixNano())
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 			c.logger.Warn("fetch ended with an error", "event", "consumer.fetch_failed", "error", err, "messages", len(messages))
 		}
@@ -226,46 +235,9 @@ func (c *Consumer) commit(ctx context.Context, events []*outbox.Event, poison []
 			return nil
 		}
 
-		ids := make([]uuid.UUID, len(events))
-		tenants := make([]string, len(events))
-		ecosystems := make([]string, len(events))
-		for i, event := range events {
-			ids[i], tenants[i], ecosystems[i] = event.ID, event.TenantID, event.Ecosystem
-		}
-		rows, err := tx.Query(ctx, `
-			INSERT INTO consumer_idempotency (consumer, event_id, tenant_id, ecosystem)
-			SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[])
-			ON CONFLICT DO NOTHING
-			RETURNING event_id`, c.cfg.Name, ids, tenants, ecosystems)
-		if err != nil {
-			return fmt.Errorf("record %d event ids: %w", len(events), err)
-		}
-		inserted, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-		if err != nil {
-			return fmt.Errorf("record %d event ids: %w", len(events), err)
-		}
-		fresh = len(inserted)
-		if fresh == 0 {
-			return nil
-		}
-
-		newIDs := make(map[uuid.UUID]bool, len(inserted))
-		for _, id := range inserted {
-			newIDs[id] = true
-		}
-		newEvents := events
-		if fresh < len(events) {
-			newEvents = make([]*outbox.Event, 0, fresh)
-			for _, event := range events {
-				if newIDs[event.ID] {
-					newEvents = append(newEvents, event)
-				}
-			}
-		}
-		if err := c.cfg.Handler(ctx, tx, newEvents); err != nil {
-			return fmt.Errorf("handle %d events: %w", len(newEvents), err)
-		}
-		return nil
+		handled, err := recordAndHandle(ctx, tx, c.cfg.Name, events, c.cfg.Handler)
+		fresh = len(handled)
+		return err
 	})
 	return fresh, err
 }

@@ -16,11 +16,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+	"github.com/riverqueue/rivercontrib/otelriver"
 	"riverqueue.com/riverui"
 
 	"github.com/finnest/eventruntime/jobs"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator"
+	riveruiaccess "github.com/finnest/eventruntime/riverui"
+	"github.com/finnest/eventruntime/sequin"
 )
 
 // Config configures the service that `eventruntime serve` runs.
@@ -45,8 +49,35 @@ type Config struct {
 	// Logger receives structured logs. Nil discards them.
 	Logger *slog.Logger
 
+	// MetricsHandler serves /metrics. Nil serves no /metrics.
+	MetricsHandler http.Handler
+
 	// NATSURL is the NATS server URL. Required.
 	NATSURL string
+
+	// ObserveEvery is how often slot lag, consumer lag, outbox depth and
+	// the oldest unsubmitted item are measured. Zero means 10 seconds.
+	ObserveEvery time.Duration
+
+	// RedriveAfter is how old an outbox event a consumer never recorded must
+	// be before re-drive delivers it. Zero means DefaultRedriveAfter.
+	RedriveAfter time.Duration
+
+	// RedriveEvery is how often re-drive runs. Zero means one minute.
+	RedriveEvery time.Duration
+
+	// ReplicationSlot is the CDC connector's slot on the outbox. Empty means
+	// sequin.DefaultSlot.
+	ReplicationSlot string
+
+	// SlotLagLimit is the retained WAL above which the service reports
+	// itself unready. Zero means 1 GiB.
+	SlotLagLimit int64
+
+	// SlotStallLimit is how long the slot's confirmed position may stand
+	// still while WAL is written before the service reports itself unready.
+	// Zero means 5 minutes.
+	SlotStallLimit time.Duration
 
 	// RegulatorConsumer is the durable consumer that feeds the regulator
 	// pipeline. Empty means "regulator".
@@ -66,6 +97,10 @@ type Config struct {
 	// ReadBackDelay is how long after an interrupted regulator request the
 	// submit job waits before reading its items back. Zero means one minute.
 	ReadBackDelay time.Duration
+
+	// RiverUIUsers are the accounts allowed into River UI under /riverui/.
+	// With none, /riverui/ answers 404.
+	RiverUIUsers []riveruiaccess.User
 
 	// SubmitCrash is a hook for fault-injection tests; see
 	// jobs.SubmitWorker.Crash.
@@ -90,6 +125,7 @@ type Service struct {
 	listener  net.Listener
 	logger    *slog.Logger
 	nats      *nats.Conn
+	observer  *observer
 	pool      *pgxpool.Pool
 	river     *river.Client[pgx.Tx]
 	riverUI   *riverui.Handler
@@ -110,6 +146,18 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if cfg.ObserveEvery == 0 {
+		cfg.ObserveEvery = 10 * time.Second
+	}
+	if cfg.ReplicationSlot == "" {
+		cfg.ReplicationSlot = sequin.DefaultSlot
+	}
+	if cfg.SlotLagLimit == 0 {
+		cfg.SlotLagLimit = 1 << 30
+	}
+	if cfg.SlotStallLimit == 0 {
+		cfg.SlotStallLimit = 5 * time.Minute
 	}
 	if cfg.Stream.Name == "" {
 		cfg.Stream.Name = "OUTBOX"
@@ -165,6 +213,19 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		Adapters: cfg.Adapters, FlushEvery: cfg.FlushEvery, Logger: logger, Pool: s.pool,
 		Now: cfg.Now, ReadBackDelay: cfg.ReadBackDelay, SubmitCrash: cfg.SubmitCrash,
 	})
+	redrive := newRedriveWorker(logger, s.pool, cfg.RedriveAfter)
+	river.AddWorker(workers, redrive)
+	redriveEvery := cfg.RedriveEvery
+	if redriveEvery == 0 {
+		redriveEvery = time.Minute
+	}
+	periodic = append(periodic, river.NewPeriodicJob(river.PeriodicInterval(redriveEvery),
+		func() (river.JobArgs, *river.InsertOpts) {
+			return RedriveArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: []rivertype.JobState{
+				rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
+				rivertype.JobStateRunning, rivertype.JobStateScheduled,
+			}}}
+		}, &river.PeriodicJobOpts{ID: "redrive"}))
 	for _, extension := range cfg.Extensions {
 		if extension.Register == nil {
 			continue
@@ -177,6 +238,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	s.river, err = river.NewClient(riverpgxv5.New(s.pool), &river.Config{
 		Logger:       logger,
+		Middleware:   []rivertype.Middleware{otelriver.NewMiddleware(&otelriver.MiddlewareConfig{EnableTracePropagation: true})},
 		PeriodicJobs: periodic,
 		Queues:       queues,
 		Workers:      workers,
@@ -220,6 +282,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		s.consumers = append(s.consumers, consumer)
 	}
 
+	for _, consumer := range s.consumers {
+		redrive.targets = append(redrive.targets, redriveTarget{name: consumer.cfg.Name, handler: consumer.cfg.Handler})
+	}
+
 	s.riverUI, err = riverui.NewHandler(&riverui.HandlerOpts{
 		Endpoints: riverui.NewEndpoints(s.river, nil),
 		Logger:    logger,
@@ -231,7 +297,16 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /livez", s.handleLive)
 	mux.HandleFunc("GET /readyz", s.handleReady)
-	mux.Handle("/riverui/", s.riverUI)
+	mux.Handle("/riverui/", riveruiaccess.Protect(s.riverUI, cfg.RiverUIUsers, logger))
+	if cfg.MetricsHandler != nil {
+		mux.Handle("GET /metrics", cfg.MetricsHandler)
+	}
+
+	s.observer = &observer{consumers: s.consumers, every: cfg.ObserveEvery, logger: logger, pool: s.pool,
+		slot: &sequin.SlotMonitor{Pool: s.pool, Slot: cfg.ReplicationSlot}}
+	if err := registerObserverMetrics(s.observer); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	if s.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
@@ -298,6 +373,13 @@ func (s *Service) Run(ctx context.Context) error {
 			_ = consumer.Run(consumerCtx)
 		}()
 	}
+	observerCtx, stopObserver := context.WithCancel(ctx)
+	defer stopObserver()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.observer.run(observerCtx)
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -356,6 +438,7 @@ func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 	if !s.nats.IsConnected() {
 		failures = append(failures, "nats: "+s.nats.Status().String())
 	}
+	failures = append(failures, s.readinessFailures()...)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if len(failures) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -365,4 +448,35 @@ func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
+}
+
+// readinessFailures lists what makes the service unready beyond its
+// connections: a consumer whose fetch loop stopped, and a replication slot
+// that is missing, lost, retaining more WAL than SlotLagLimit, or stalled
+// for longer than SlotStallLimit.
+func (s *Service) readinessFailures() []string {
+	var failures []string
+	for _, consumer := range s.consumers {
+		if !consumer.Healthy() {
+			failures = append(failures, fmt.Sprintf("consumer %s: no fetch completed recently", consumer.cfg.Name))
+		}
+	}
+	reading := s.observer.latest()
+	if !reading.takenAtLeast1 {
+		return failures
+	}
+	slot := s.cfg.ReplicationSlot
+	switch {
+	case reading.slotErr != nil:
+		failures = append(failures, "replication slot: "+reading.slotErr.Error())
+	case reading.slot.WALStatus == "lost" || reading.slot.WALStatus == "unreserved":
+		failures = append(failures, fmt.Sprintf("replication slot %s: wal_status %s", slot, reading.slot.WALStatus))
+	case reading.slot.RetainedBytes > s.cfg.SlotLagLimit:
+		failures = append(failures, fmt.Sprintf("replication slot %s: retains %d bytes of WAL, above the %d-byte limit",
+			slot, reading.slot.RetainedBytes, s.cfg.SlotLagLimit))
+	case reading.slot.ConfirmedAge > s.cfg.SlotStallLimit:
+		failures = append(failures, fmt.Sprintf("replication slot %s: confirmed position unchanged for %s",
+			slot, reading.slot.ConfirmedAge.Round(time.Second)))
+	}
+	return failures
 }

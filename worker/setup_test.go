@@ -1,8 +1,11 @@
 package worker_test
 
 import (
+	"cmp"
 	"context"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,6 +19,7 @@ import (
 	"github.com/finnest/eventruntime/internal/demo"
 	"github.com/finnest/eventruntime/internal/natsembed"
 	"github.com/finnest/eventruntime/internal/pgtest"
+	"github.com/finnest/eventruntime/internal/telemetry"
 	"github.com/finnest/eventruntime/jobs"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator"
@@ -26,7 +30,29 @@ import (
 	"github.com/finnest/eventruntime/worker"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+// testTelemetry holds the OpenTelemetry providers every pipeline of this
+// package reports to, so tests can read metrics and spans.
+var testTelemetry *telemetry.Telemetry
+
+func TestMain(m *testing.M) {
+	var err error
+	testTelemetry, err = telemetry.Setup(context.Background(), "eventruntime-test")
+	if err != nil {
+		panic(err)
+	}
+	os.Exit(pgtest.Main(m))
+}
+
+// scrape returns the service's /metrics text.
+func scrape(t *testing.T, p *pipeline) string {
+	t.Helper()
+	response, err := http.Get("http://" + p.service.Addr() + "/metrics")
+	require.NoError(t, err)
+	defer response.Body.Close()
+	body, err := io.ReadAll(response.Body)
+	require.NoError(t, err)
+	return string(body)
+}
 
 var testTenants = []demo.Tenant{
 	{ID: "tenant-a", OrganisationID: "0b5a8d4e-6c3f-4f7e-9a51-2d1c7e3b8a10", SoftwareStatementID: "5f0c2b7e-1d4a-4c8b-9e2f-7a6d3c1b0e91"},
@@ -36,6 +62,11 @@ var testTenants = []demo.Tenant{
 // pipeline is a whole running pipeline on a private database and NATS
 // server, with the strict fake regulator.
 type pipeline struct {
+	// startStandIn starts the Sequin stand-in and waits until it streams;
+	// stopStandIn stops it. Both are nil with skipStandIn.
+	startStandIn func()
+	stopStandIn  func()
+
 	db      *pgtest.Database
 	fake    *ofbfake.Server
 	nats    *natsembed.Server
@@ -44,6 +75,16 @@ type pipeline struct {
 }
 
 type pipelineOpts struct {
+	// redriveAfter and redriveEvery set the re-drive job's timing. Zero
+	// means long enough that re-drive never runs in a test.
+	redriveAfter time.Duration
+	redriveEvery time.Duration
+
+	// slotLagLimit and slotStallLimit set the readiness limits of the
+	// replication slot. Zero means the service defaults.
+	slotLagLimit   int64
+	slotStallLimit time.Duration
+
 	// drop makes the Sequin stand-in lose the events it returns true for,
 	// as a transport failure would.
 	drop func(outbox.Event) bool
@@ -100,17 +141,24 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	require.NoError(t, err)
 	p.subject = sequin.Subject(p.db.Name, "public", "outbox", "insert")
 	p.service, err = worker.New(ctx, worker.Config{
-		DatabaseURL:   p.db.URL,
-		Decoder:       worker.DecodeSequin,
-		FlushEvery:    200 * time.Millisecond,
-		HTTPAddr:      "127.0.0.1:0",
-		Logger:        slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
-		NATSURL:       p.nats.ClientURL(),
-		ReadBackDelay: 200 * time.Millisecond,
-		SubmitCrash:   opts.crash,
-		Now:           opts.now,
-		Adapters:      map[string]regulator.Adapter{outbox.EcosystemOFB: adapter},
-		Stream:        worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
+		DatabaseURL:     p.db.URL,
+		Decoder:         worker.DecodeSequin,
+		FlushEvery:      200 * time.Millisecond,
+		HTTPAddr:        "127.0.0.1:0",
+		Logger:          slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		NATSURL:         p.nats.ClientURL(),
+		ObserveEvery:    500 * time.Millisecond,
+		ReplicationSlot: "standin_" + p.db.Name,
+		ReadBackDelay:   200 * time.Millisecond,
+		SubmitCrash:     opts.crash,
+		Now:             opts.now,
+		MetricsHandler:  testTelemetry.MetricsHandler,
+		RedriveAfter:    cmp.Or(opts.redriveAfter, time.Hour),
+		RedriveEvery:    cmp.Or(opts.redriveEvery, time.Hour),
+		SlotLagLimit:    opts.slotLagLimit,
+		SlotStallLimit:  opts.slotStallLimit,
+		Adapters:        map[string]regulator.Adapter{outbox.EcosystemOFB: adapter},
+		Stream:          worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
 	})
 	require.NoError(t, err)
 
@@ -132,21 +180,34 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		t.Cleanup(conn.Close)
 		// Replication slots belong to the whole cluster, so each test needs
 		// its own.
-		standIn, err := sequin.NewStandIn(sequin.StandInConfig{
-			DatabaseURL: p.db.URL, Drop: opts.drop, NATS: conn, Slot: "standin_" + p.db.Name,
-		})
-		require.NoError(t, err)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = standIn.Run(runCtx)
-		}()
-		// Rows committed before the slot exists are never streamed.
-		select {
-		case <-standIn.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatal("Sequin stand-in not ready after 30s")
+		var standInCancel context.CancelFunc
+		var standInDone chan struct{}
+		p.startStandIn = func() {
+			standIn, err := sequin.NewStandIn(sequin.StandInConfig{
+				DatabaseURL: p.db.URL, Drop: opts.drop, NATS: conn, Slot: "standin_" + p.db.Name,
+			})
+			require.NoError(t, err)
+			var standInCtx context.Context
+			standInCtx, standInCancel = context.WithCancel(runCtx)
+			standInDone = make(chan struct{})
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer close(standInDone)
+				_ = standIn.Run(standInCtx)
+			}()
+			// Rows committed before the slot exists are never streamed.
+			select {
+			case <-standIn.Ready():
+			case <-time.After(30 * time.Second):
+				t.Fatal("Sequin stand-in not ready after 30s")
+			}
 		}
+		p.stopStandIn = func() {
+			standInCancel()
+			<-standInDone
+		}
+		p.startStandIn()
 	}
 	return p
 }

@@ -138,6 +138,11 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	shutdownTelemetry, err := setupTelemetry(ctx, &cfg)
+	if err != nil {
+		return err
+	}
+	defer shutdownTelemetry()
 	service, err := worker.New(ctx, cfg)
 	if err != nil {
 		return err

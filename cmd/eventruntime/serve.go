@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/finnest/eventruntime/internal/telemetry"
 	"github.com/finnest/eventruntime/migrations"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator"
@@ -44,6 +45,7 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 	if cfg.ConsumerBatchSize, err = intEnv("CONSUMER_BATCH_SIZE", 256); err != nil {
 		return cfg, err
 	}
+	cfg.ReplicationSlot = envOr("REPLICATION_SLOT", "eventruntime_sequin")
 	if subjects := os.Getenv("NATS_STREAM_SUBJECT"); subjects != "" {
 		cfg.Stream.Subjects = []string{subjects}
 	}
@@ -77,6 +79,14 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 		return cfg, err
 	}
 	cfg.Adapters = map[string]regulator.Adapter{outbox.EcosystemOFB: ofbAdapter, outbox.EcosystemOPIN: opinAdapter}
+
+	webhooks, err := webhookExtension(cfg.DatabaseURL, logger)
+	if err != nil {
+		return cfg, err
+	}
+	if webhooks != nil {
+		cfg.Extensions = append(cfg.Extensions, *webhooks)
+	}
 	return cfg, nil
 }
 
@@ -90,11 +100,33 @@ func runServe(ctx context.Context, logger *slog.Logger) error {
 			return err
 		}
 	}
+	shutdown, err := setupTelemetry(ctx, &cfg)
+	if err != nil {
+		return err
+	}
+	defer shutdown()
 	service, err := worker.New(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	return service.Run(ctx)
+}
+
+// setupTelemetry installs the OpenTelemetry providers and serves their
+// metrics on the service's /metrics. The returned function flushes them.
+func setupTelemetry(ctx context.Context, cfg *worker.Config) (func(), error) {
+	t, err := telemetry.Setup(ctx, "eventruntime")
+	if err != nil {
+		return nil, err
+	}
+	cfg.MetricsHandler = t.MetricsHandler
+	return func() {
+		flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := t.Shutdown(flushCtx); err != nil {
+			cfg.Logger.Warn("telemetry flush failed", "event", "telemetry.flush_failed", "error", err)
+		}
+	}, nil
 }
 
 func migrate(ctx context.Context, databaseURL string, logger *slog.Logger) error {

@@ -1,0 +1,88 @@
+package worker_test
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/finnest/eventruntime/outbox"
+)
+
+// readiness returns the /readyz status code and body.
+func readiness(t *testing.T, p *pipeline) (int, string) {
+	t.Helper()
+	response, err := http.Get("http://" + p.service.Addr() + "/readyz")
+	require.NoError(t, err)
+	defer response.Body.Close()
+	body, _ := io.ReadAll(response.Body)
+	return response.StatusCode, string(body)
+}
+
+func TestRedriveDeliversEventsLostInTransport(t *testing.T) {
+	t.Parallel()
+	dropped := map[string]bool{}
+	var droppedIDs []string
+	p := setupPipeline(t, pipelineOpts{
+		// The stand-in loses every fourth event between the outbox and NATS.
+		drop: func(event outbox.Event) bool {
+			if event.ID[15]%4 == 0 {
+				return true
+			}
+			return false
+		},
+		redriveAfter: time.Second,
+		redriveEvery: time.Second,
+	})
+	events := appendInteractions(t, p, 40, 41)
+	for _, event := range events {
+		if event.ID[15]%4 == 0 {
+			dropped[event.ID.String()] = true
+			droppedIDs = append(droppedIDs, event.ID.String())
+		}
+	}
+	require.NotEmpty(t, droppedIDs, "the test needs some dropped events")
+
+	waitSettled(t, p, events)
+	requireEachAcceptedOnce(t, p, events)
+	// Every event is recorded once, whether it came through NATS or re-drive.
+	require.Equal(t, len(events), count(t, p, "SELECT count(*) FROM consumer_idempotency WHERE consumer = 'regulator'"))
+	require.Equal(t, len(events)-len(droppedIDs), int(p.service.Consumer().Stats.Received.Load()),
+		"the consumer received only what NATS carried")
+}
+
+func TestReadinessFollowsTheReplicationSlot(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{slotLagLimit: 256 << 10, slotStallLimit: 2 * time.Second})
+
+	require.Eventually(t, func() bool {
+		status, _ := readiness(t, p)
+		return status == http.StatusOK
+	}, 30*time.Second, 200*time.Millisecond)
+
+	// With the stand-in stopped, writes pile up WAL behind the slot.
+	p.stopStandIn()
+	deadline := time.Now().Add(time.Minute)
+	var body string
+	for time.Now().Before(deadline) {
+		appendInteractions(t, p, 200, uint64(time.Now().UnixNano()))
+		var status int
+		status, body = readiness(t, p)
+		if status == http.StatusServiceUnavailable && strings.Contains(body, "replication slot") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	require.Contains(t, body, "replication slot")
+	metrics := scrape(t, p)
+	require.Contains(t, metrics, "eventruntime_replication_slot_retained_bytes")
+
+	p.startStandIn()
+	require.Eventually(t, func() bool {
+		status, _ := readiness(t, p)
+		return status == http.StatusOK
+	}, time.Minute, 200*time.Millisecond, "readiness must recover once the stand-in catches up")
+}
