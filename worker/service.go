@@ -409,6 +409,10 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
+// Close releases the connections of a service that was created but never
+// run. Run closes them itself.
+func (s *Service) Close() { s.close() }
+
 func (s *Service) close() {
 	if s.nats != nil {
 		_ = s.nats.Drain()

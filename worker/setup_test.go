@@ -75,6 +75,10 @@ type pipeline struct {
 }
 
 type pipelineOpts struct {
+	// skipService leaves the in-process service out, for tests that run
+	// the eventruntime binary instead.
+	skipService bool
+
 	// redriveAfter and redriveEvery set the re-drive job's timing. Zero
 	// means long enough that re-drive never runs in a test.
 	redriveAfter time.Duration
@@ -168,11 +172,17 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		cancel()
 		wg.Wait()
 	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = p.service.Run(runCtx)
-	}()
+	if opts.skipService {
+		// The service created the stream and consumers; the test runs the
+		// binary against them.
+		t.Cleanup(p.service.Close)
+	} else {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = p.service.Run(runCtx)
+		}()
+	}
 
 	if !opts.skipStandIn {
 		conn, err := nats.Connect(p.nats.ClientURL())
