@@ -157,6 +157,7 @@ func insertItems(ctx context.Context, tx pgx.Tx, items []mappedItem) error {
 		reported   = make([]time.Time, len(items))
 		states     = make([]string, len(items))
 		reasons    = make([]*string, len(items))
+		traces     = make([]*string, len(items))
 	)
 	for i, item := range items {
 		tenants[i] = item.event.TenantID
@@ -168,18 +169,21 @@ func insertItems(ctx context.Context, tx pgx.Tx, items []mappedItem) error {
 		reported[i] = item.reportedAt
 		states[i] = item.state
 		reasons[i] = item.reason
+		if item.event.TraceParent != "" {
+			traces[i] = &item.event.TraceParent
+		}
 	}
 	_, err := tx.Exec(ctx, `
 		INSERT INTO report_items (tenant_id, ecosystem, event_id, fapi_interaction_id, role, body,
-		                          reported_at, state, state_reason)
+		                          reported_at, state, state_reason, trace_parent)
 		SELECT tenant_id, ecosystem, event_id, fapi_interaction_id, role, body::jsonb,
-		       reported_at, state, state_reason
+		       reported_at, state, state_reason, trace_parent
 		FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-		            $7::timestamptz[], $8::text[], $9::text[])
+		            $7::timestamptz[], $8::text[], $9::text[], $10::text[])
 		     AS i(tenant_id, ecosystem, event_id, fapi_interaction_id, role, body,
-		          reported_at, state, state_reason)
+		          reported_at, state, state_reason, trace_parent)
 		ON CONFLICT (tenant_id, event_id) DO NOTHING`,
-		tenants, ecosystems, eventIDs, fapiIDs, roles, bodies, reported, states, reasons)
+		tenants, ecosystems, eventIDs, fapiIDs, roles, bodies, reported, states, reasons, traces)
 	if err != nil {
 		return fmt.Errorf("insert %d report items: %w", len(items), err)
 	}

@@ -15,7 +15,10 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/finnest/eventruntime/internal/telemetry"
 	"github.com/finnest/eventruntime/regulator"
 	"github.com/finnest/eventruntime/tenant"
 )
@@ -103,6 +106,7 @@ type batchItem struct {
 	id                int64
 	fapiInteractionID string
 	body              json.RawMessage
+	traceParent       string
 }
 
 // submission is what one run of the job knows about its batch.
@@ -150,12 +154,22 @@ func (w *SubmitWorker) Work(ctx context.Context, job *river.Job[SubmitArgs]) err
 	}
 
 	bodies := make([]json.RawMessage, len(sub.items))
+	traceParents := make([]string, len(sub.items))
 	for i, item := range sub.items {
 		bodies[i] = item.body
+		traceParents[i] = item.traceParent
 	}
+	// The request's span links back to the captures of its items.
+	postCtx, span := telemetry.Tracer().Start(ctx, "regulator.report",
+		trace.WithLinks(telemetry.Links(traceParents)...),
+		trace.WithAttributes(attribute.String("ecosystem", sub.config.Ecosystem), attribute.Int("items", len(bodies))))
 	started := time.Now()
-	result, postErr := adapter.Report(ctx, sub.config, bodies)
+	result, postErr := adapter.Report(postCtx, sub.config, bodies)
 	metrics.submitDuration.Record(ctx, time.Since(started).Seconds(), ecosystemAttr(sub.config.Ecosystem))
+	if postErr != nil {
+		span.SetStatus(codes.Error, "request failed")
+	}
+	span.End()
 	if err := w.crash(StageAfterResponse, sub.batchID); err != nil {
 		return err
 	}
@@ -268,14 +282,14 @@ func quarantineItems(ctx context.Context, tx pgx.Tx, items []quarantinedItem) er
 
 func loadItems(ctx context.Context, tx pgx.Tx, batchID int64) ([]batchItem, error) {
 	rows, err := tx.Query(ctx, `
-		SELECT id, fapi_interaction_id, body FROM report_items
+		SELECT id, fapi_interaction_id, body, coalesce(trace_parent, '') FROM report_items
 		WHERE batch_id = $1 AND state = 'batched' ORDER BY id`, batchID)
 	if err != nil {
 		return nil, fmt.Errorf("read items of batch %d: %w", batchID, err)
 	}
 	items, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (batchItem, error) {
 		var item batchItem
-		err := row.Scan(&item.id, &item.fapiInteractionID, &item.body)
+		err := row.Scan(&item.id, &item.fapiInteractionID, &item.body, &item.traceParent)
 		return item, err
 	})
 	if err != nil {

@@ -14,7 +14,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/finnest/eventruntime/internal/telemetry"
 	"github.com/finnest/eventruntime/outbox"
 )
 
@@ -195,8 +199,17 @@ func (c *Consumer) process(ctx context.Context, messages []jetstream.Msg) {
 		events = append(events, event)
 	}
 
+	traceParents := make([]string, 0, len(events))
+	for _, event := range events {
+		traceParents = append(traceParents, event.TraceParent)
+	}
+	ctx, span := telemetry.Tracer().Start(ctx, "consumer.batch", trace.WithLinks(telemetry.Links(traceParents)...),
+		trace.WithAttributes(attribute.String("consumer", c.cfg.Name), attribute.Int("messages", len(messages))))
+	defer span.End()
+
 	fresh, err := c.commit(ctx, events, poison)
 	if err != nil {
+		span.SetStatus(codes.Error, "batch failed")
 		c.Stats.Failures.Add(1)
 		c.nakAll(messages, err)
 		return

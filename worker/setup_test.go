@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/finnest/eventruntime/internal/demo"
 	"github.com/finnest/eventruntime/internal/natsembed"
@@ -32,11 +33,15 @@ import (
 
 // testTelemetry holds the OpenTelemetry providers every pipeline of this
 // package reports to, so tests can read metrics and spans.
-var testTelemetry *telemetry.Telemetry
+var (
+	testTelemetry *telemetry.Telemetry
+	testSpans     = tracetest.NewInMemoryExporter()
+)
 
 func TestMain(m *testing.M) {
 	var err error
-	testTelemetry, err = telemetry.Setup(context.Background(), "eventruntime-test")
+	testTelemetry, err = telemetry.SetupWith(context.Background(), "eventruntime-test",
+		telemetry.Options{SpanExporter: testSpans})
 	if err != nil {
 		panic(err)
 	}

@@ -23,6 +23,8 @@ commands:
   reconcile        enqueue or show a reconcile of a tenant's business day
   dev              start a private Postgres, embedded NATS, the Sequin
                    stand-in, a fake regulator, serve and a demo producer
+  webhooks         manage webhook subscriptions and replay deliveries;
+                   see eventruntime webhooks help
 
 Configuration comes from environment variables; see README.md.
 `
@@ -44,6 +46,8 @@ func main() {
 		err = runMigrate(ctx, logger, os.Args[2:])
 	case "dev":
 		err = runDev(ctx, logger)
+	case "webhooks":
+		err = runWebhooks(ctx, logger, os.Args[2:])
 	case "reconcile":
 		err = runReconcile(ctx, os.Args[2:])
 	case "help", "-h", "--help":

@@ -38,9 +38,20 @@ type Telemetry struct {
 	shutdown []func(context.Context) error
 }
 
+// Options adjusts Setup.
+type Options struct {
+	// SpanExporter, when set, receives every span as it ends, as tests need.
+	SpanExporter sdktrace.SpanExporter
+}
+
 // Setup installs global meter and tracer providers and the W3C trace context
 // propagator. Call Shutdown before exit to flush exports.
 func Setup(ctx context.Context, serviceName string) (*Telemetry, error) {
+	return SetupWith(ctx, serviceName, Options{})
+}
+
+// SetupWith is Setup with options.
+func SetupWith(ctx context.Context, serviceName string, options Options) (*Telemetry, error) {
 	res := resource.NewSchemaless(attribute.String("service.name", serviceName))
 
 	registry := prometheus.NewRegistry()
@@ -53,6 +64,9 @@ func Setup(ctx context.Context, serviceName string) (*Telemetry, error) {
 
 	meterOptions := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExporter)}
 	traceOptions := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	if options.SpanExporter != nil {
+		traceOptions = append(traceOptions, sdktrace.WithSyncer(options.SpanExporter))
+	}
 	if otlpConfigured() {
 		t.OTLP = true
 		metricExporter, err := otlpmetrichttp.New(ctx)
