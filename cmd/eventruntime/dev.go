@@ -201,7 +201,9 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 	}
 	run("demo producer", producer.Run)
 	run("demo OPIN producer", opinDemo.Run)
-	run("progress", func(ctx context.Context) error { return printProgress(ctx, pool, fake) })
+	run("progress", func(ctx context.Context) error {
+		return printProgress(ctx, pool, func() (int, int) { return len(fake.Accepted()), len(opinDemo.fake.Accepted()) })
+	})
 
 	envFile := filepath.Join(dataDir, "dev", "env")
 	envText := fmt.Sprintf("export DATABASE_URL='%s'\nexport NATS_URL='%s'\n", databaseURL, natsURL)
@@ -303,7 +305,7 @@ func configureDevTenants(ctx context.Context, databaseURL, dataDir string, fake 
 
 // printProgress prints one line every five seconds with how far events have
 // gone through the pipeline, read from the database and the fake regulator.
-func printProgress(ctx context.Context, pool *pgxpool.Pool, fake *ofbfake.Server) error {
+func printProgress(ctx context.Context, pool *pgxpool.Pool, regulatorCounts func() (ofb, opin int)) error {
 	ticker := time.NewTicker(5 * time.Second)
 	defer ticker.Stop()
 	for {
@@ -329,10 +331,11 @@ func printProgress(ctx context.Context, pool *pgxpool.Pool, fake *ofbfake.Server
 			fmt.Fprintf(os.Stderr, "progress: %v\n", err)
 			continue
 		}
+		ofbAccepted, opinAccepted := regulatorCounts()
 		fmt.Fprintf(os.Stderr,
-			"%s appended=%d received=%d mapped=%d batched=%d submitted=%d accepted=%d dead-lettered=%d regulator-accepted=%d\n",
+			"%s appended=%d received=%d mapped=%d batched=%d submitted=%d accepted=%d dead-lettered=%d ofb-regulator=%d opin-regulator=%d\n",
 			time.Now().Format("15:04:05"), appended, received, mapped, batched, submitted, accepted, deadLettered,
-			len(fake.Accepted()))
+			ofbAccepted, opinAccepted)
 	}
 }
 
