@@ -21,6 +21,7 @@ type observation struct {
 	at            time.Time
 	consumerLag   map[string]int64
 	oldestAge     map[string]float64
+	heartbeatAge  float64
 	outboxDepth   int64
 	slot          sequin.SlotStatus
 	slotErr       error
@@ -89,12 +90,23 @@ func (o *observer) sample(ctx context.Context) {
 		o.logger.Warn("outbox depth not measured", "event", "observer.query_failed", "error", err)
 	}
 
+	// Heartbeat age: how long ago the newest heartbeat that the regulator
+	// consumer recorded was appended.
+	var heartbeatAge *float64
+	if err := o.pool.QueryRow(ctx, `
+		SELECT extract(epoch FROM now() - max(o.created_at))::float8 FROM outbox o
+		WHERE o.tenant_id = '_heartbeat' AND o.created_at > now() - interval '1 day'
+		  AND EXISTS (SELECT 1 FROM consumer_idempotency c WHERE c.consumer = 'regulator' AND c.event_id = o.id)`).
+		Scan(&heartbeatAge); err == nil && heartbeatAge != nil {
+		next.heartbeatAge = *heartbeatAge
+	}
+
 	// Oldest unsubmitted item per deadline window: due (reported before
 	// today in the regulator's zone, so its D+1 deadline is today or past),
 	// current (reported today) and final (older than six days, near the
 	// 7-day limit).
 	rows, err := o.pool.Query(ctx, `
-		SELECT window_name, extract(epoch FROM now() - min(reported_at))
+		SELECT window_name, extract(epoch FROM now() - min(reported_at))::float8
 		FROM (
 			SELECT reported_at,
 			       CASE WHEN reported_at < now() - interval '6 days' THEN 'final'
@@ -138,7 +150,10 @@ func registerObserverMetrics(o *observer) error {
 	oldest, err7 := meter.Float64ObservableGauge("eventruntime.report_items.oldest_unsubmitted_age",
 		metric.WithDescription("Age of the oldest report item not yet submitted, by deadline window."),
 		metric.WithUnit("s"))
-	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
+	heartbeat, err8 := meter.Float64ObservableGauge("eventruntime.transport.heartbeat_age",
+		metric.WithDescription("Time since the newest heartbeat event that reached the regulator consumer was appended; it grows when the CDC path is broken."),
+		metric.WithUnit("s"))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8); err != nil {
 		return err
 	}
 	_, err := meter.RegisterCallback(func(_ context.Context, observer metric.Observer) error {
@@ -147,6 +162,9 @@ func registerObserverMetrics(o *observer) error {
 			return nil
 		}
 		observer.ObserveInt64(depth, reading.outboxDepth)
+		if reading.heartbeatAge > 0 {
+			observer.ObserveFloat64(heartbeat, reading.heartbeatAge)
+		}
 		for name, value := range reading.consumerLag {
 			observer.ObserveInt64(lag, value, metric.WithAttributes(attribute.String("consumer", name)))
 		}
@@ -166,6 +184,6 @@ func registerObserverMetrics(o *observer) error {
 			}
 		}
 		return nil
-	}, depth, lag, retained, confirmedLag, confirmedAge, slotHealthy, oldest)
+	}, depth, lag, retained, confirmedLag, confirmedAge, slotHealthy, oldest, heartbeat)
 	return err
 }

@@ -86,3 +86,17 @@ func TestReadinessFollowsTheReplicationSlot(t *testing.T) {
 		return status == http.StatusOK
 	}, time.Minute, 200*time.Millisecond, "readiness must recover once the stand-in catches up")
 }
+
+func TestHeartbeatReachesTheConsumer(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{heartbeatEvery: 200 * time.Millisecond})
+
+	require.Eventually(t, func() bool {
+		return count(t, p, `SELECT count(*) FROM consumer_idempotency
+			WHERE consumer = 'regulator' AND tenant_id = '_heartbeat'`) >= 2
+	}, 30*time.Second, 100*time.Millisecond)
+	require.Zero(t, count(t, p, "SELECT count(*) FROM report_items"), "a heartbeat is not a report")
+	require.Eventually(t, func() bool {
+		return strings.Contains(scrape(t, p), "eventruntime_transport_heartbeat_age_seconds")
+	}, 30*time.Second, 200*time.Millisecond)
+}

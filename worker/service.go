@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,6 +56,10 @@ type Config struct {
 	// NATSURL is the NATS server URL. Required.
 	NATSURL string
 
+	// HeartbeatEvery is how often a heartbeat event is appended to the
+	// outbox. Zero means one minute.
+	HeartbeatEvery time.Duration
+
 	// ObserveEvery is how often slot lag, consumer lag, outbox depth and
 	// the oldest unsubmitted item are measured. Zero means 10 seconds.
 	ObserveEvery time.Duration
@@ -94,9 +99,22 @@ type Config struct {
 	// time.Now; tests move it to cross deadlines.
 	Now func() time.Time
 
+	// JobTimeout is how long a River job may run before its context is
+	// cancelled. Zero means River's default, one minute.
+	JobTimeout time.Duration
+
 	// ReadBackDelay is how long after an interrupted regulator request the
 	// submit job waits before reading its items back. Zero means one minute.
 	ReadBackDelay time.Duration
+
+	// RescueStuckJobsAfter is how long a job may stay in state running before
+	// River's rescuer makes it retryable. A process killed mid-job (SIGKILL,
+	// OOM) leaves its jobs running, and the periodic flush cannot be enqueued
+	// again while one is, so this bounds how long such a crash stops flushing
+	// and submission. It must be at least JobTimeout. Zero means JobTimeout
+	// plus one minute (two minutes with the default timeout), far below
+	// River's own default of one hour.
+	RescueStuckJobsAfter time.Duration
 
 	// RiverUIUsers are the accounts allowed into River UI under /riverui/.
 	// With none, /riverui/ answers 404.
@@ -213,6 +231,15 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		Adapters: cfg.Adapters, FlushEvery: cfg.FlushEvery, Logger: logger, Pool: s.pool,
 		Now: cfg.Now, ReadBackDelay: cfg.ReadBackDelay, SubmitCrash: cfg.SubmitCrash,
 	})
+	river.AddWorker(workers, &HeartbeatWorker{Pool: s.pool})
+	periodic = append(periodic, river.NewPeriodicJob(river.PeriodicInterval(cmp.Or(cfg.HeartbeatEvery, time.Minute)),
+		func() (river.JobArgs, *river.InsertOpts) {
+			return HeartbeatArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: []rivertype.JobState{
+				rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
+				rivertype.JobStateRunning, rivertype.JobStateScheduled,
+			}}}
+		}, &river.PeriodicJobOpts{ID: "heartbeat"}))
+
 	redrive := newRedriveWorker(logger, s.pool, cfg.RedriveAfter)
 	river.AddWorker(workers, redrive)
 	redriveEvery := cfg.RedriveEvery
@@ -236,12 +263,15 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			queues[name] = queue
 		}
 	}
+	jobTimeout := cmp.Or(cfg.JobTimeout, river.JobTimeoutDefault)
 	s.river, err = river.NewClient(riverpgxv5.New(s.pool), &river.Config{
-		Logger:       logger,
-		Middleware:   []rivertype.Middleware{otelriver.NewMiddleware(&otelriver.MiddlewareConfig{EnableTracePropagation: true})},
-		PeriodicJobs: periodic,
-		Queues:       queues,
-		Workers:      workers,
+		JobTimeout:           jobTimeout,
+		Logger:               logger,
+		Middleware:           []rivertype.Middleware{otelriver.NewMiddleware(&otelriver.MiddlewareConfig{EnableTracePropagation: true})},
+		PeriodicJobs:         periodic,
+		Queues:               queues,
+		RescueStuckJobsAfter: cmp.Or(cfg.RescueStuckJobsAfter, jobTimeout+time.Minute),
+		Workers:              workers,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create River client: %w", err)

@@ -80,6 +80,10 @@ type pipeline struct {
 }
 
 type pipelineOpts struct {
+	// heartbeatEvery sets the heartbeat period. Zero means an hour, so
+	// heartbeats stay out of tests that count outbox rows.
+	heartbeatEvery time.Duration
+
 	// skipService leaves the in-process service out, for tests that run
 	// the eventruntime binary instead.
 	skipService bool
@@ -162,6 +166,7 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		SubmitCrash:     opts.crash,
 		Now:             opts.now,
 		MetricsHandler:  testTelemetry.MetricsHandler,
+		HeartbeatEvery:  cmp.Or(opts.heartbeatEvery, time.Hour),
 		RedriveAfter:    cmp.Or(opts.redriveAfter, time.Hour),
 		RedriveEvery:    cmp.Or(opts.redriveEvery, time.Hour),
 		SlotLagLimit:    opts.slotLagLimit,
