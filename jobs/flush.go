@@ -41,7 +41,9 @@ func (FlushArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: 
 
 // FlushWorker seals pending report items into export batches per tenant and
 // ecosystem, at most MaxBatchItems and MaxBatchBytes each, and enqueues a
-// submit job for each batch in the same transaction.
+// submit job for each batch in the same transaction. For a tenant with
+// approval_required the batch is left in state awaiting_approval with no
+// submit job.
 //
 // The tenant's policy, read from tenant_config on every run, decides when:
 // near_real_time seals once a full batch is pending or the oldest pending
@@ -214,10 +216,16 @@ func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config, filter
 			}
 		}
 
+		// A tenant that requires approval gets its batch without a submit
+		// job, and ApproveBatchTx enqueues the job once an approver agrees.
+		state := "sealed"
+		if config.ApprovalRequired {
+			state = batchAwaitingApproval
+		}
 		var batchID int64
 		err := tx.QueryRow(ctx, `
 			INSERT INTO export_batches (tenant_id, ecosystem, state, sealed_at)
-			VALUES ($1, $2, 'sealed', now()) RETURNING id`, config.TenantID, config.Ecosystem).Scan(&batchID)
+			VALUES ($1, $2, $3, now()) RETURNING id`, config.TenantID, config.Ecosystem, state).Scan(&batchID)
 		if err != nil {
 			return fmt.Errorf("create batch: %w", err)
 		}
@@ -247,6 +255,13 @@ func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config, filter
 		if _, err := tx.Exec(ctx, `UPDATE export_batches SET item_count = $1 WHERE id = $2`,
 			tag.RowsAffected(), batchID); err != nil {
 			return fmt.Errorf("count items of batch %d: %w", batchID, err)
+		}
+		if config.ApprovalRequired {
+			sealed = true
+			w.Logger.Info("batch sealed; awaiting approval", "event", "flush.batch_awaiting_approval",
+				"tenant_id", config.TenantID, "ecosystem", config.Ecosystem, "batch_id", batchID,
+				"items", tag.RowsAffected())
+			return nil
 		}
 		client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
 		if err != nil {

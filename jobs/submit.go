@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,6 +20,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/finnest/eventruntime/audit"
+	"github.com/finnest/eventruntime/internal/canonicaljson"
 	"github.com/finnest/eventruntime/internal/telemetry"
 	"github.com/finnest/eventruntime/regulator"
 	"github.com/finnest/eventruntime/tenant"
@@ -42,9 +46,13 @@ func (SubmitArgs) InsertOpts() river.InsertOpts {
 
 // Batch states. A batch goes from sealed to posting to a final state
 // (accepted, partially_discarded, rejected or split), or from posting to
-// retry and back.
+// retry and back. A tenant that requires approval seals into
+// awaiting_approval, and ApproveBatchTx moves the batch to sealed. A tenant
+// in dry run ends the batch as dry_run instead of posting it.
 const (
 	batchAccepted           = "accepted"
+	batchAwaitingApproval   = "awaiting_approval"
+	batchDryRun             = "dry_run"
 	batchPartiallyDiscarded = "partially_discarded"
 	batchPosting            = "posting"
 	batchRejected           = "rejected"
@@ -145,6 +153,11 @@ func (w *SubmitWorker) Work(ctx context.Context, job *river.Job[SubmitArgs]) err
 	if len(sub.items) == 0 {
 		return w.finish(ctx, job, sub, nil, logger)
 	}
+	// A batch in state posting may already be at the regulator, so it is
+	// resolved by the path above even when the tenant is now in dry run.
+	if sub.config.DryRun && sub.state != batchPosting {
+		return w.dryRun(ctx, job, sub, logger)
+	}
 
 	if err := w.markPosting(ctx, sub); err != nil {
 		return err
@@ -214,10 +227,14 @@ func (w *SubmitWorker) prepare(ctx context.Context, job *river.Job[SubmitArgs]) 
 			return fmt.Errorf("lock batch %d: %w", sub.batchID, err)
 		}
 		switch sub.state {
-		case batchAccepted, batchPartiallyDiscarded, batchRejected, batchSplit:
+		case batchAccepted, batchDryRun, batchPartiallyDiscarded, batchRejected, batchSplit:
 			done = true
 			_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
 			return err
+		case batchAwaitingApproval:
+			// Cancelled, not completed: a completed job would make
+			// ApproveBatchTx's unique insert a duplicate that never runs.
+			return river.JobCancel(fmt.Errorf("batch %d is awaiting approval", sub.batchID))
 		}
 
 		if sub.config, err = tenant.Get(ctx, tx, tenantID, ecosystem); err != nil {
@@ -315,6 +332,111 @@ func (w *SubmitWorker) markPosting(ctx context.Context, sub *submission) error {
 	})
 	if err != nil {
 		return fmt.Errorf("mark batch %d posting: %w", sub.batchID, err)
+	}
+	return nil
+}
+
+// dryRun records what would have been sent, without sending it: one attempt
+// with outcome dry_run and the SHA-256 of the canonical JSON array of the
+// items, and the batch and its items in state dry_run. It writes no receipt
+// and no evidence, since only a real regulator receipt creates evidence.
+//
+// NOTE: the array of items is the OFB request body. The OPIN request is a
+// JWS over {organisationId, events}, which is randomized, so for OPIN the
+// hash covers the events before wrapping and signing.
+func (w *SubmitWorker) dryRun(ctx context.Context, job *river.Job[SubmitArgs], sub *submission,
+	logger *slog.Logger,
+) error {
+	bodies := make([]json.RawMessage, len(sub.items))
+	for i, item := range sub.items {
+		bodies[i] = item.body
+	}
+	request, err := json.Marshal(bodies)
+	if err != nil {
+		return fmt.Errorf("encode dry-run request of batch %d: %w", sub.batchID, err)
+	}
+	canonical, err := canonicaljson.Marshal(request)
+	if err != nil {
+		return fmt.Errorf("canonicalize dry-run request of batch %d: %w", sub.batchID, err)
+	}
+	requestSHA := canonicaljson.SHA256(canonical)
+
+	err = pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO submission_attempts (tenant_id, ecosystem, batch_id, attempt, item_count, request_sha256,
+			                                 outcome, finished_at)
+			VALUES ($1, $2, $3, $4, $5, $6, 'dry_run', now())`,
+			sub.config.TenantID, sub.config.Ecosystem, sub.batchID, sub.attempt+1, len(sub.items), requestSHA); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `
+			UPDATE report_items SET state = 'dry_run', updated_at = now() WHERE batch_id = $1 AND state = 'batched'`,
+			sub.batchID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `
+			UPDATE export_batches SET state = 'dry_run', last_error = NULL, finished_at = now(), updated_at = now()
+			WHERE id = $1`, sub.batchID); err != nil {
+			return err
+		}
+		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("record dry run of batch %d: %w", sub.batchID, err)
+	}
+	logger.Info("dry run: batch built and hashed, not sent", "event", "submit.batch_dry_run",
+		"items", len(sub.items), "request_sha256", requestSHA)
+	return nil
+}
+
+// ActionBatchApprove is the audit_ledger action of ApproveBatchTx.
+const ActionBatchApprove = "batch.approve"
+
+// ErrNotAwaitingApproval is returned by ApproveBatchTx for a batch that is
+// not in state awaiting_approval.
+var ErrNotAwaitingApproval = errors.New("batch is not awaiting approval")
+
+// ApproveBatchTx approves batch batchID on behalf of actor inside tx, which
+// must be READ COMMITTED: it moves the batch from awaiting_approval to
+// sealed, records approved_by and approved_at, appends an audit_ledger row
+// with action ActionBatchApprove and subject "batch/<id>", and enqueues the
+// batch's submit job with client. Nothing is written unless tx commits.
+func ApproveBatchTx(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx], actor string, batchID int64) error {
+	if strings.TrimSpace(actor) == "" {
+		return errors.New("approve batch: actor is missing")
+	}
+	var tenantID, ecosystem, state string
+	err := tx.QueryRow(ctx, `SELECT tenant_id, ecosystem, state FROM export_batches WHERE id = $1 FOR UPDATE`,
+		batchID).Scan(&tenantID, &ecosystem, &state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("approve batch %d: batch not found", batchID)
+	}
+	if err != nil {
+		return fmt.Errorf("approve batch %d: %w", batchID, err)
+	}
+	if state != batchAwaitingApproval {
+		return fmt.Errorf("approve batch %d: %w: its state is %s", batchID, ErrNotAwaitingApproval, state)
+	}
+	if _, err := tx.Exec(ctx, `
+		UPDATE export_batches SET state = 'sealed', approved_by = $2, approved_at = now(), updated_at = now()
+		WHERE id = $1`, batchID, actor); err != nil {
+		return fmt.Errorf("approve batch %d: %w", batchID, err)
+	}
+	err = audit.Append(ctx, tx, audit.Entry{
+		Action:    ActionBatchApprove,
+		Actor:     actor,
+		Ecosystem: ecosystem,
+		New:       map[string]any{"approved_by": actor, "batch_id": batchID, "state": "sealed"},
+		Old:       map[string]any{"batch_id": batchID, "state": batchAwaitingApproval},
+		Subject:   "batch/" + strconv.FormatInt(batchID, 10),
+		TenantID:  tenantID,
+	})
+	if err != nil {
+		return fmt.Errorf("approve batch %d: %w", batchID, err)
+	}
+	if _, err := client.InsertTx(ctx, tx, SubmitArgs{BatchID: batchID}, nil); err != nil {
+		return fmt.Errorf("approve batch %d: enqueue submit: %w", batchID, err)
 	}
 	return nil
 }

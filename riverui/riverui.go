@@ -8,7 +8,7 @@
 // POST /api/jobs/cancel, /api/jobs/delete and /api/jobs/retry, PUT
 // /api/queues/{name}/pause and /resume, and PATCH /api/queues/{name}.
 //
-// Users come from configuration with bcrypt password hashes; the package
+// Users come from configuration with bcrypt password hashes, and the package
 // never stores or logs a password.
 package riverui
 
@@ -104,7 +104,8 @@ const Realm = "River UI"
 // so that the UI's polling does not cost a bcrypt comparison per request.
 const verifiedTTL = 5 * time.Minute
 
-// maxVerified bounds the verified-credentials cache; it is cleared when full.
+// maxVerified bounds the verified-credentials cache, which is cleared when
+// full.
 const maxVerified = 1024
 
 // Protect returns a handler that authenticates each request with HTTP Basic

@@ -94,7 +94,7 @@ func setupUI(t *testing.T) *uiBundle {
 
 func hash(t *testing.T, password string) []byte {
 	t.Helper()
-	// The minimum cost keeps the test fast; Protect accepts any bcrypt cost.
+	// The minimum cost keeps the test fast, and Protect accepts any bcrypt cost.
 	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	require.NoError(t, err)
 	return h

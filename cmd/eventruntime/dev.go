@@ -20,6 +20,7 @@ import (
 	"github.com/finnest/eventruntime/internal/pgcluster"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator/ofbfake"
+	"github.com/finnest/eventruntime/riverui"
 	"github.com/finnest/eventruntime/sequin"
 	"github.com/finnest/eventruntime/tenant"
 	"github.com/finnest/eventruntime/worker"
@@ -129,6 +130,14 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	cleanups = append(cleanups, opinDemo.Close)
+	if os.Getenv("RIVERUI_USERS") == "" {
+		// A local approver for River UI: user dev, password dev.
+		hash, err := riverui.HashPassword([]byte("dev"))
+		if err != nil {
+			return err
+		}
+		os.Setenv("RIVERUI_USERS", "dev:approver:"+string(hash))
+	}
 	if os.Getenv("FLUSH_EVERY") == "" {
 		os.Setenv("FLUSH_EVERY", "1s")
 	}
@@ -210,7 +219,7 @@ func runDev(ctx context.Context, logger *slog.Logger) error {
 	if err := os.WriteFile(envFile, []byte(envText), 0o600); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "\neventruntime dev: pipeline running; River UI at http://%s/riverui/ ; Ctrl-C stops it\n"+
+	fmt.Fprintf(os.Stderr, "\neventruntime dev: pipeline running; River UI at http://%s/riverui/ (user dev, password dev); Ctrl-C stops it\n"+
 		"  from another shell: . %s && ./bin/eventruntime reconcile --tenant %s --ecosystem ofb --day %s --wait 30s\n\n",
 		service.Addr(), envFile, devTenants[0].ID, time.Now().In(saoPaulo()).Format(time.DateOnly))
 	<-runCtx.Done()

@@ -25,6 +25,12 @@ commands:
                    stand-in, a fake regulator, serve and a demo producer
   webhooks         manage webhook subscriptions and replay deliveries;
                    see eventruntime webhooks help
+  config           print or change a tenant's settings; see eventruntime config help
+  batches          list export batches and approve those awaiting approval;
+                   see eventruntime batches help
+  audit verify     check the audit ledger's hash chain; non-zero exit when broken
+  riverui hash-password
+                   print the bcrypt hash of a River UI password read from stdin
 
 Configuration comes from environment variables; see README.md.
 `
@@ -50,6 +56,14 @@ func main() {
 		err = runWebhooks(ctx, logger, os.Args[2:])
 	case "reconcile":
 		err = runReconcile(ctx, os.Args[2:])
+	case "config":
+		err = runConfig(ctx, logger, os.Args[2:])
+	case "batches":
+		err = runBatches(ctx, logger, os.Args[2:])
+	case "audit":
+		err = runAudit(ctx, logger, os.Args[2:])
+	case "riverui":
+		err = runRiverUI(os.Args[2:], os.Stdin, os.Stdout)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return

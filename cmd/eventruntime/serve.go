@@ -5,6 +5,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"strconv"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/finnest/eventruntime/regulator"
 	"github.com/finnest/eventruntime/regulator/ofb"
 	"github.com/finnest/eventruntime/regulator/opin"
+	"github.com/finnest/eventruntime/riverui"
 	"github.com/finnest/eventruntime/worker"
 )
 
@@ -45,7 +49,24 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 	if cfg.ConsumerBatchSize, err = intEnv("CONSUMER_BATCH_SIZE", 256); err != nil {
 		return cfg, err
 	}
+	// Zero durations leave the worker package's defaults in place.
+	if cfg.JobTimeout, err = durationEnv("JOB_TIMEOUT", 0); err != nil {
+		return cfg, err
+	}
+	if cfg.RescueStuckJobsAfter, err = durationEnv("RESCUE_STUCK_JOBS_AFTER", 0); err != nil {
+		return cfg, err
+	}
+	if cfg.RescueStuckJobsAfter != 0 && cfg.RescueStuckJobsAfter < cfg.JobTimeout {
+		return cfg, fmt.Errorf("RESCUE_STUCK_JOBS_AFTER=%s is below JOB_TIMEOUT=%s; set it to at least the job timeout",
+			cfg.RescueStuckJobsAfter, cfg.JobTimeout)
+	}
+	if cfg.ReadBackDelay, err = durationEnv("READ_BACK_DELAY", 0); err != nil {
+		return cfg, err
+	}
 	cfg.ReplicationSlot = envOr("REPLICATION_SLOT", "eventruntime_sequin")
+	if cfg.RiverUIUsers, err = riverui.ParseUsers(os.Getenv("RIVERUI_USERS")); err != nil {
+		return cfg, fmt.Errorf("RIVERUI_USERS: %w", err)
+	}
 	if subjects := os.Getenv("NATS_STREAM_SUBJECT"); subjects != "" {
 		cfg.Stream.Subjects = []string{subjects}
 	}
@@ -109,7 +130,36 @@ func runServe(ctx context.Context, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if addr := os.Getenv("PPROF_ADDR"); addr != "" {
+		if err := servePprof(addr, logger); err != nil {
+			return err
+		}
+	}
 	return service.Run(ctx)
+}
+
+// servePprof serves net/http/pprof on addr, for profiling a running service.
+// It is off unless PPROF_ADDR is set, because profiles expose internals and
+// cost CPU while they run. The listener lives as long as the process.
+func servePprof(addr string, logger *slog.Logger) error {
+	listener, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on PPROF_ADDR %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	logger.Info("pprof listening", "event", "pprof.started", "addr", listener.Addr().String())
+	go func() {
+		server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		if err := server.Serve(listener); err != nil {
+			logger.Error("pprof server stopped", "event", "pprof.failed", "error", err)
+		}
+	}()
+	return nil
 }
 
 // setupTelemetry installs the OpenTelemetry providers and serves their

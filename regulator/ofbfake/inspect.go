@@ -100,3 +100,24 @@ func (s *Server) TokenExpiry(token string) (expiry time.Time, ok bool) {
 	issued, ok := s.tokens[token]
 	return issued.expiry, ok
 }
+
+// AcceptedCount returns the number of accepted reports, counting a report
+// accepted twice as two.
+func (s *Server) AcceptedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.accepted)
+}
+
+// AcceptedAt returns when the fake first accepted a report with the
+// fapiInteractionId: the time its request was judged, before the response
+// was written. ok is false when no report with the id was accepted.
+func (s *Server) AcceptedAt(fapiInteractionID string) (at time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	indexes := s.acceptedByID[fapiInteractionID]
+	if len(indexes) == 0 {
+		return time.Time{}, false
+	}
+	return s.accepted[indexes[0]].createdAt, true
+}
