@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/finnest/eventruntime/internal/demo"
 	"github.com/finnest/eventruntime/outbox"
 )
 
@@ -99,4 +100,22 @@ func TestHeartbeatReachesTheConsumer(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return strings.Contains(scrape(t, p), "eventruntime_transport_heartbeat_age_seconds")
 	}, 30*time.Second, 200*time.Millisecond)
+}
+
+func TestSeveralServicesShareTheWork(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{extraServices: 2})
+
+	generator := demo.NewGenerator(71, testTenants)
+	events := make([]*outbox.Event, 600)
+	for i := range events {
+		events[i] = generator.Event()
+	}
+	appendEvents(t, p, events, func(int) int { return 3 })
+	waitSettled(t, p, events)
+
+	requireEachAcceptedOnce(t, p, events)
+	require.Equal(t, len(events), count(t, p, "SELECT count(*) FROM consumer_idempotency WHERE consumer = 'regulator'"))
+	require.Zero(t, count(t, p, `SELECT count(*) FROM (SELECT batch_id FROM submission_attempts
+		GROUP BY batch_id HAVING count(*) > 1) twice`), "no batch is posted twice")
 }

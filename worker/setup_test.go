@@ -80,6 +80,10 @@ type pipeline struct {
 }
 
 type pipelineOpts struct {
+	// extraServices runs this many more services against the same
+	// database and NATS server, as several serve processes would.
+	extraServices int
+
 	// heartbeatEvery sets the heartbeat period. Zero means an hour, so
 	// heartbeats stay out of tests that count outbox rows.
 	heartbeatEvery time.Duration
@@ -153,7 +157,7 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	})
 	require.NoError(t, err)
 	p.subject = sequin.Subject(p.db.Name, "public", "outbox", "insert")
-	p.service, err = worker.New(ctx, worker.Config{
+	serviceConfig := worker.Config{
 		DatabaseURL:     p.db.URL,
 		Decoder:         worker.DecodeSequin,
 		FlushEvery:      200 * time.Millisecond,
@@ -173,7 +177,8 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		SlotStallLimit:  opts.slotStallLimit,
 		Adapters:        map[string]regulator.Adapter{outbox.EcosystemOFB: adapter},
 		Stream:          worker.StreamConfig{Name: "OUTBOX", Subjects: []string{"sequin." + p.db.Name + ".public.outbox.*"}},
-	})
+	}
+	p.service, err = worker.New(ctx, serviceConfig)
 	require.NoError(t, err)
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -182,6 +187,15 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		cancel()
 		wg.Wait()
 	})
+	for range opts.extraServices {
+		extra, err := worker.New(ctx, serviceConfig)
+		require.NoError(t, err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = extra.Run(runCtx)
+		}()
+	}
 	if opts.skipService {
 		// The service created the stream and consumers; the test runs the
 		// binary against them.
