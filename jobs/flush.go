@@ -13,6 +13,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/finnest/eventruntime/internal/businessday"
+	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/tenant"
 )
 
@@ -81,6 +82,7 @@ func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error
 		now = w.Now()
 	}
 	var failures []error
+	escalated := map[string]int64{outbox.EcosystemOFB: 0, outbox.EcosystemOPIN: 0}
 	for _, config := range configs {
 		if err := w.flushTenant(ctx, config, now); err != nil {
 			// One tenant's failure must not hold back the others.
@@ -88,8 +90,59 @@ func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error
 				"ecosystem", config.Ecosystem, "error", err)
 			failures = append(failures, err)
 		}
+		n, err := w.escalate(ctx, config, now)
+		if err != nil {
+			failures = append(failures, err)
+		}
+		escalated[config.Ecosystem] += n
+	}
+	// One reading per ecosystem, summed over its tenants.
+	for ecosystem, n := range escalated {
+		metrics.escalatedItems.Record(ctx, n, ecosystemAttr(ecosystem))
+	}
+	if err := w.resumeStranded(ctx); err != nil {
+		failures = append(failures, err)
 	}
 	return errors.Join(failures...)
+}
+
+// resumeStranded re-enqueues the submit job of every batch that is not in a
+// final state and has no submit job left to run, as when River discarded one
+// after its last attempt. The database decides what still needs sending.
+func (w *FlushWorker) resumeStranded(ctx context.Context) error {
+	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
+	if err != nil {
+		return err
+	}
+	rows, err := w.Pool.Query(ctx, `
+		SELECT b.id FROM export_batches b
+		WHERE b.state IN ('sealed', 'posting', 'retry') AND b.updated_at < now() - interval '1 minute'
+		  AND NOT EXISTS (
+		      SELECT 1 FROM river_job j
+		      WHERE j.kind = 'submit' AND (j.args->>'batch_id')::bigint = b.id
+		        AND j.state IN ('available', 'pending', 'retryable', 'running', 'scheduled'))
+		ORDER BY b.id LIMIT 100`)
+	if err != nil {
+		return fmt.Errorf("find stranded batches: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return fmt.Errorf("find stranded batches: %w", err)
+	}
+	for _, id := range ids {
+		result, err := client.Insert(ctx, SubmitArgs{BatchID: id}, &river.InsertOpts{
+			// A completed or discarded job of the batch must not block this one.
+			UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: notFinished},
+		})
+		if err != nil {
+			return fmt.Errorf("resume batch %d: %w", id, err)
+		}
+		if !result.UniqueSkippedAsDuplicate {
+			w.Logger.Warn("batch had no submit job left; enqueued a new one", "event", "submit.batch_resumed",
+				"batch_id", id)
+		}
+	}
+	return nil
 }
 
 func (w *FlushWorker) calendar(zone string) (businessday.Calendar, error) {
@@ -141,7 +194,7 @@ func (w *FlushWorker) flushTenant(ctx context.Context, config *tenant.Config, no
 			return err
 		}
 	}
-	return w.escalate(ctx, config, now)
+	return nil
 }
 
 // scheduleDue reports whether a scheduled tenant's window is open at now and
@@ -283,9 +336,8 @@ func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config, filter
 
 // escalate counts the tenant's items that are not yet submitted and whose
 // report age comes within EscalationLead of MaxReportAge, after which the
-// regulator discards them. It records the count as a gauge and logs an
-// error when there are any.
-func (w *FlushWorker) escalate(ctx context.Context, config *tenant.Config, now time.Time) error {
+// regulator discards them, and logs an error when there are any.
+func (w *FlushWorker) escalate(ctx context.Context, config *tenant.Config, now time.Time) (int64, error) {
 	lead := w.EscalationLead
 	if lead == 0 {
 		lead = DefaultEscalationLead
@@ -298,13 +350,12 @@ func (w *FlushWorker) escalate(ctx context.Context, config *tenant.Config, now t
 		WHERE tenant_id = $1 AND ecosystem = $2 AND state IN ('pending', 'batched') AND reported_at < $3`,
 		config.TenantID, config.Ecosystem, threshold).Scan(&count, &oldest)
 	if err != nil {
-		return fmt.Errorf("count items near the final deadline: %w", err)
+		return 0, fmt.Errorf("count items near the final deadline: %w", err)
 	}
-	metrics.escalatedItems.Record(ctx, count, ecosystemAttr(config.Ecosystem))
 	if count > 0 {
 		w.Logger.Error("report items are close to the regulator's 7-day limit and not yet submitted",
 			"event", "deadline.escalation", "tenant_id", config.TenantID, "ecosystem", config.Ecosystem,
 			"items", count, "oldest_reported_at", oldest, "limit", oldest.Add(MaxReportAge))
 	}
-	return nil
+	return count, nil
 }

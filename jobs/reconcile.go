@@ -252,6 +252,10 @@ func (w *ReconcileWorker) sample(ctx context.Context, config *tenant.Config, fro
 	return nil
 }
 
+// ReconcileCatchUpDays is how many days back the automatic reconcile
+// schedule looks for a missing result.
+const ReconcileCatchUpDays = 10
+
 // ReconcileScheduleArgs asks for the automatic reconciles that are due.
 type ReconcileScheduleArgs struct{}
 
@@ -264,8 +268,9 @@ func (ReconcileScheduleArgs) InsertOpts() river.InsertOpts {
 }
 
 // ReconcileScheduleWorker enqueues, for every enabled tenant, the reconcile
-// of the latest day whose D+1 deadline has passed and of the day whose D+7
-// limit has come, unless reconcile_results already holds it.
+// of each day whose D+1 deadline has passed and of each day whose D+7 limit
+// has come, over the last ReconcileCatchUpDays days, unless
+// reconcile_results already holds it.
 type ReconcileScheduleWorker struct {
 	river.WorkerDefaults[ReconcileScheduleArgs]
 	Logger *slog.Logger
@@ -294,11 +299,20 @@ func (w *ReconcileScheduleWorker) Work(ctx context.Context, job *river.Job[Recon
 		if now.Before(calendar.Cutoff(afterCutoff)) {
 			afterCutoff = afterCutoff.AddDays(-1)
 		}
-		due := map[string]businessday.Date{
-			TriggerAfterCutoff: afterCutoff,
-			TriggerAfterFinal:  afterCutoff.AddDays(-6),
+		// Days whose reconcile was missed while no service ran are caught
+		// up, as far back as ReconcileCatchUpDays.
+		type dueReconcile struct {
+			trigger string
+			day     businessday.Date
 		}
-		for trigger, day := range due {
+		var due []dueReconcile
+		for back := range ReconcileCatchUpDays {
+			due = append(due,
+				dueReconcile{TriggerAfterCutoff, afterCutoff.AddDays(-back)},
+				dueReconcile{TriggerAfterFinal, afterCutoff.AddDays(-6 - back)})
+		}
+		for _, next := range due {
+			trigger, day := next.trigger, next.day
 			err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
 				var done bool
 				if err := tx.QueryRow(ctx, `

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,12 +36,18 @@ type SubmitArgs struct {
 // Kind returns the job kind.
 func (SubmitArgs) Kind() string { return "submit" }
 
+// SubmitMaxAttempts is how many failed runs a submit job gets. With
+// NextRetry's five-minute cap it outlasts a regulator outage of about three
+// days; the flush job's sweep re-enqueues a batch whose job ran out anyway.
+const SubmitMaxAttempts = 1000
+
 // InsertOpts makes submit jobs unique per batch, so two workers never post
 // the same batch at once and a batch is never enqueued twice.
 func (SubmitArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{
-		Queue:      QueueSubmit,
-		UniqueOpts: river.UniqueOpts{ByArgs: true},
+		MaxAttempts: SubmitMaxAttempts,
+		Queue:       QueueSubmit,
+		UniqueOpts:  river.UniqueOpts{ByArgs: true},
 	}
 }
 
@@ -57,6 +64,7 @@ const (
 	batchPosting            = "posting"
 	batchRejected           = "rejected"
 	batchRetry              = "retry"
+	batchQuarantined        = "quarantined"
 	batchSplit              = "split"
 )
 
@@ -227,7 +235,7 @@ func (w *SubmitWorker) prepare(ctx context.Context, job *river.Job[SubmitArgs]) 
 			return fmt.Errorf("lock batch %d: %w", sub.batchID, err)
 		}
 		switch sub.state {
-		case batchAccepted, batchDryRun, batchPartiallyDiscarded, batchRejected, batchSplit:
+		case batchAccepted, batchDryRun, batchPartiallyDiscarded, batchQuarantined, batchRejected, batchSplit:
 			done = true
 			_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
 			return err
@@ -446,34 +454,66 @@ func ApproveBatchTx(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx]
 // When the regulator cannot read back, every item is sent again and the
 // regulator's own duplicate detection applies.
 func (w *SubmitWorker) readBack(ctx context.Context, adapter regulator.Adapter, sub *submission, logger *slog.Logger) error {
-	var found []readBackItem
 	var missing []batchItem
-	for _, item := range sub.items {
-		ok, reportID, err := adapter.Lookup(ctx, sub.config, item.body)
-		if errors.Is(err, regulator.ErrLookupUnsupported) {
-			logger.Warn("regulator cannot read back; resending the interrupted batch",
-				"event", "submit.read_back_unsupported", "items", len(sub.items))
-			return nil
+	found := 0
+	// Items are read back in chunks, and each chunk's finds are recorded at
+	// once, so a run that times out keeps its progress and the next run
+	// reads back only the items still batched.
+	for start := 0; start < len(sub.items); start += readBackChunk {
+		chunk := sub.items[start:min(start+readBackChunk, len(sub.items))]
+		results := make([]readBackResult, len(chunk))
+		var wg sync.WaitGroup
+		slots := make(chan struct{}, readBackConcurrency)
+		for i, item := range chunk {
+			wg.Add(1)
+			slots <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				results[i].found, results[i].reportID, results[i].err = adapter.Lookup(ctx, sub.config, item.body)
+			}()
 		}
-		if err != nil {
-			return fmt.Errorf("read back item %d of batch %d: %w", item.id, sub.batchID, err)
+		wg.Wait()
+
+		var chunkFound []readBackItem
+		for i, result := range results {
+			if errors.Is(result.err, regulator.ErrLookupUnsupported) {
+				logger.Warn("regulator cannot read back; resending the interrupted batch",
+					"event", "submit.read_back_unsupported", "items", len(sub.items))
+				return nil
+			}
+			if result.err != nil {
+				return fmt.Errorf("read back item %d of batch %d: %w", chunk[i].id, sub.batchID, result.err)
+			}
+			if result.found {
+				chunkFound = append(chunkFound, readBackItem{batchItem: chunk[i], reportID: result.reportID})
+			} else {
+				missing = append(missing, chunk[i])
+			}
 		}
-		if ok {
-			found = append(found, readBackItem{batchItem: item, reportID: reportID})
-		} else {
-			missing = append(missing, item)
+		if len(chunkFound) > 0 {
+			if err := w.recordReadBack(ctx, sub, chunkFound); err != nil {
+				return err
+			}
+			found += len(chunkFound)
+			metrics.readBackRecovered.Add(ctx, int64(len(chunkFound)), ecosystemAttr(sub.config.Ecosystem))
 		}
 	}
-	if len(found) > 0 {
-		if err := w.recordReadBack(ctx, sub, found); err != nil {
-			return err
-		}
-		metrics.readBackRecovered.Add(ctx, int64(len(found)), ecosystemAttr(sub.config.Ecosystem))
-	}
-	logger.Info("interrupted batch read back", "event", "submit.read_back",
-		"found", len(found), "missing", len(missing))
+	logger.Info("interrupted batch read back", "event", "submit.read_back", "found", found, "missing", len(missing))
 	sub.items = missing
 	return nil
+}
+
+// Read-back limits: items per recorded chunk, and lookups in flight.
+const (
+	readBackChunk       = 100
+	readBackConcurrency = 8
+)
+
+type readBackResult struct {
+	err      error
+	found    bool
+	reportID string
 }
 
 // handleFailure records a failed request and decides what happens next:

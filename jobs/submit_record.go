@@ -248,13 +248,16 @@ func countItems(ctx context.Context, tx pgx.Tx, batchID int64) (itemCounts, erro
 }
 
 // finalState is accepted when every item was accepted, partially_discarded
-// when some were, and rejected when none was.
+// when some were, quarantined when every item failed the check before
+// sending, and rejected otherwise.
 func (c itemCounts) finalState() string {
 	switch {
 	case c.accepted > 0 && c.discarded == 0 && c.quarantined == 0 && c.rejected == 0:
 		return batchAccepted
 	case c.accepted > 0:
 		return batchPartiallyDiscarded
+	case c.discarded == 0 && c.rejected == 0 && c.quarantined > 0:
+		return batchQuarantined
 	default:
 		return batchRejected
 	}
@@ -271,6 +274,9 @@ func (w *SubmitWorker) reject(ctx context.Context, job *river.Job[SubmitArgs], s
 	for i, item := range sub.items {
 		ids[i] = item.id
 	}
+	// Items accepted earlier, by a read-back after an interrupted request,
+	// keep their outcome, so the batch's state comes from its items' counts.
+	var counts itemCounts
 	err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `
 			UPDATE report_items SET state = 'rejected', state_reason = $2, updated_at = now()
@@ -282,12 +288,18 @@ func (w *SubmitWorker) reject(ctx context.Context, job *river.Job[SubmitArgs], s
 			WHERE id = $1`, sub.attemptID, status, cause.Error()); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `
-			UPDATE export_batches SET state = 'rejected', last_error = $2, finished_at = now(), updated_at = now()
-			WHERE id = $1`, sub.batchID, cause.Error()); err != nil {
+		var err error
+		if counts, err = countItems(ctx, tx, sub.batchID); err != nil {
 			return err
 		}
-		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
+		counts.state = counts.finalState()
+		if _, err := tx.Exec(ctx, `
+			UPDATE export_batches SET state = $3, last_error = $2, accepted_count = $4, discarded_count = $5,
+			       finished_at = now(), updated_at = now()
+			WHERE id = $1`, sub.batchID, cause.Error(), counts.state, counts.accepted, counts.discarded); err != nil {
+			return err
+		}
+		_, err = river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
 		return err
 	})
 	if err != nil {
@@ -295,9 +307,10 @@ func (w *SubmitWorker) reject(ctx context.Context, job *river.Job[SubmitArgs], s
 	}
 	ecosystem := sub.config.Ecosystem
 	metrics.rejectedBatches.Add(ctx, 1, metricAttrs(ecosystem, attribute.String("status_code", strconv.Itoa(status))))
-	metrics.batches.Add(ctx, 1, metricAttrs(ecosystem, attribute.String("outcome", batchRejected)))
+	metrics.batches.Add(ctx, 1, metricAttrs(ecosystem, attribute.String("outcome", counts.state)))
 	logger.Error("regulator rejected the batch; its items need an operator", "event", "submit.batch_rejected",
-		"status_code", status, "items", len(sub.items), "error", cause)
+		"status_code", status, "items", len(sub.items), "accepted_before", counts.accepted, "state", counts.state,
+		"error", cause)
 	return nil
 }
 

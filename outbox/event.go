@@ -70,17 +70,28 @@ func (e *Event) Validate(maxPayloadBytes int) error {
 	if maxPayloadBytes <= 0 {
 		maxPayloadBytes = DefaultMaxPayloadBytes
 	}
-	for _, field := range []struct{ name, value string }{
-		{"tenant_id", e.TenantID},
-		{"event_type", e.Type},
-		{"aggregate_id", e.AggregateID},
+	for _, field := range []struct {
+		name, value string
+		maxLength   int
+	}{
+		{"tenant_id", e.TenantID, MaxIDLength},
+		{"event_type", e.Type, MaxIDLength},
+		{"aggregate_id", e.AggregateID, MaxIDLength},
 	} {
 		if field.value == "" {
 			return fmt.Errorf("%w: %s is missing", ErrInvalidEvent, field.name)
 		}
+		if len(field.value) > field.maxLength {
+			return fmt.Errorf("%w: %s is %d bytes, above the %d-byte limit", ErrInvalidEvent, field.name,
+				len(field.value), field.maxLength)
+		}
 		if err := checkText(field.value); err != nil {
 			return fmt.Errorf("%w: %s %s", ErrInvalidEvent, field.name, err)
 		}
+	}
+	if len(e.TraceParent) > MaxIDLength {
+		return fmt.Errorf("%w: trace_parent is %d bytes, above the %d-byte limit", ErrInvalidEvent,
+			len(e.TraceParent), MaxIDLength)
 	}
 	if err := checkText(e.TraceParent); err != nil {
 		return fmt.Errorf("%w: trace_parent %s", ErrInvalidEvent, err)
@@ -100,7 +111,66 @@ func (e *Event) Validate(maxPayloadBytes int) error {
 	if err := CheckJSONB(e.Payload); err != nil {
 		return fmt.Errorf("%w: payload %v", ErrInvalidEvent, err)
 	}
+	expansion, err := numberExpansion(e.Payload)
+	if err != nil {
+		return fmt.Errorf("%w: payload %v", ErrInvalidEvent, err)
+	}
+	if len(e.Payload)+expansion > maxPayloadBytes {
+		return fmt.Errorf("%w: payload would be about %d bytes once PostgreSQL writes its numbers in full, "+
+			"above the %d-byte limit", ErrInvalidEvent, len(e.Payload)+expansion, maxPayloadBytes)
+	}
 	return nil
+}
+
+// MaxIDLength caps tenant_id, event_type, aggregate_id and trace_parent.
+const MaxIDLength = 256
+
+// maxExponent bounds a number's decimal exponent. jsonb stores numbers as
+// numeric and writes them back in full, so 1e1000 comes back as 1,001
+// digits, and larger exponents overflow numeric.
+const maxExponent = 1000
+
+// numberExpansion returns how many bytes the payload's numbers grow by when
+// jsonb writes them in full, and an error for an exponent beyond
+// maxExponent. data must be valid JSON.
+func numberExpansion(data []byte) (int, error) {
+	expansion := 0
+	inString := false
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		if c == '"' {
+			inString = true
+			continue
+		}
+		if c != 'e' && c != 'E' {
+			continue
+		}
+		// An exponent marker outside a string belongs to a number.
+		j := i + 1
+		if j < len(data) && (data[j] == '+' || data[j] == '-') {
+			j++
+		}
+		exponent := 0
+		for ; j < len(data) && data[j] >= '0' && data[j] <= '9'; j++ {
+			exponent = exponent*10 + int(data[j]-'0')
+			if exponent > maxExponent {
+				return 0, fmt.Errorf("has a number with an exponent beyond %d at byte %d, which PostgreSQL "+
+					"would write out in full or reject", maxExponent, i)
+			}
+		}
+		expansion += exponent
+		i = j - 1
+	}
+	return expansion, nil
 }
 
 // checkText rejects strings PostgreSQL text columns cannot store.

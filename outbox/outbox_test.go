@@ -52,6 +52,11 @@ func TestValidate(t *testing.T) {
 		{"PayloadLoneLowSurrogate", func(e *outbox.Event) { e.Payload = json.RawMessage(`{"a":"\udc00x"}`) }, "unpaired low surrogate"},
 		{"TenantWithNul", func(e *outbox.Event) { e.TenantID = "a\x00b" }, "NUL byte"},
 		{"AggregateInvalidUTF8", func(e *outbox.Event) { e.AggregateID = "\xc3" }, "not valid UTF-8"},
+		{"TenantTooLong", func(e *outbox.Event) { e.TenantID = strings.Repeat("t", 257) }, "above the 256-byte limit"},
+		{"HugeExponent", func(e *outbox.Event) { e.Payload = json.RawMessage(`{"n":1e200000}`) }, "exponent beyond 1000"},
+		{"NumbersExpandPastTheCap", func(e *outbox.Event) {
+			e.Payload = json.RawMessage(`{"n":[` + strings.Repeat("1e900,", 400) + `1]}`)
+		}, "once PostgreSQL writes its numbers in full"},
 		{"PayloadTooLarge", func(e *outbox.Event) {
 			e.Payload = json.RawMessage(`{"a":"` + strings.Repeat("x", outbox.DefaultMaxPayloadBytes) + `"}`)
 		}, "above the 262144-byte limit"},
@@ -70,7 +75,7 @@ func TestValidate(t *testing.T) {
 	t.Run("AcceptsPairedSurrogatesAndEscapes", func(t *testing.T) {
 		t.Parallel()
 		event := validEvent()
-		event.Payload = json.RawMessage(`{"emoji":"\ud83d\ude00","quote":"\"\\u0000 is text here","tab":"\t"}`)
+		event.Payload = json.RawMessage(`{"emoji":"\ud83d\ude00","quote":"\"\\u0000 is text here","tab":"\t","e":"1e999999","n":2.5E+3}`)
 		require.NoError(t, event.Validate(0))
 	})
 }

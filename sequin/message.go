@@ -52,6 +52,10 @@ type DecodeError struct {
 	// a dead-letter entry can name the event.
 	EventID uuid.UUID
 
+	// Event is the decoded record when only its validation failed, so a
+	// dead-letter entry can name the tenant and ecosystem; otherwise nil.
+	Event *outbox.Event
+
 	// Reason describes what is wrong with the message.
 	Reason string
 
@@ -231,7 +235,7 @@ func Decode(subject string, header nats.Header, data []byte) (*Message, error) {
 		return nil, malformed("%s", err)
 	}
 	if err := msg.Event.Validate(0); err != nil {
-		return nil, &DecodeError{EventID: eventID, Reason: err.Error(), cause: err}
+		return nil, &DecodeError{EventID: eventID, Event: &msg.Event, Reason: err.Error(), cause: err}
 	}
 	return msg, nil
 }

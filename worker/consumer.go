@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -261,15 +262,14 @@ func (c *Consumer) insertDeadLetters(ctx context.Context, tx pgx.Tx, poison []de
 	}
 	batch := &pgx.Batch{}
 	for _, letter := range poison {
+		// Every text column gets valid UTF-8 without NUL bytes, because a
+		// poison message's subject, header or record may carry either, and
+		// a failing dead-letter insert would fail the whole batch forever.
 		var tenantID, ecosystem *string
 		var eventID *uuid.UUID
 		if letter.event != nil {
-			if letter.event.TenantID != "" {
-				tenantID = &letter.event.TenantID
-			}
-			if letter.event.Ecosystem != "" {
-				ecosystem = &letter.event.Ecosystem
-			}
+			tenantID = nonEmptyText(letter.event.TenantID)
+			ecosystem = nonEmptyText(letter.event.Ecosystem)
 			if letter.event.ID != uuid.Nil {
 				eventID = &letter.event.ID
 			}
@@ -277,7 +277,16 @@ func (c *Consumer) insertDeadLetters(ctx context.Context, tx pgx.Tx, poison []de
 		batch.Queue(`
 			INSERT INTO dead_letters (tenant_id, ecosystem, source, subject, message_id, event_id, reason, payload)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-			tenantID, ecosystem, c.cfg.Name, letter.subject, letter.msgID, eventID, letter.reason, letter.msg.Data())
+			tenantID, ecosystem, c.cfg.Name, cleanText(letter.subject), cleanText(letter.msgID), eventID,
+			cleanText(letter.reason), letter.msg.Data())
+		if eventID != nil {
+			// A dead-lettered event counts as received, so re-drive does not
+			// feed it to the handler as a transport loss.
+			batch.Queue(`
+				INSERT INTO consumer_idempotency (consumer, event_id, tenant_id, ecosystem)
+				VALUES ($1, $2, coalesce($3, ''), coalesce($4, '')) ON CONFLICT DO NOTHING`,
+				c.cfg.Name, *eventID, tenantID, ecosystem)
+		}
 	}
 	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
 		return fmt.Errorf("write %d dead letters: %w", len(poison), err)
@@ -312,4 +321,18 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+// cleanText returns text as valid UTF-8 without NUL bytes, which PostgreSQL
+// text columns reject.
+func cleanText(text string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(text, "\uFFFD"), "\x00", "")
+}
+
+func nonEmptyText(text string) *string {
+	if text == "" {
+		return nil
+	}
+	cleaned := cleanText(text)
+	return &cleaned
 }

@@ -20,6 +20,9 @@ func DecodeSequin(subject string, header nats.Header, data []byte) (*outbox.Even
 	if err != nil {
 		var decodeErr *sequin.DecodeError
 		if errors.As(err, &decodeErr) {
+			if decodeErr.Event != nil {
+				return decodeErr.Event, err
+			}
 			return &outbox.Event{ID: decodeErr.EventID}, err
 		}
 		return nil, err

@@ -82,6 +82,12 @@ func (r *Adapter) Lookup(ctx context.Context, config *tenant.Config, item json.R
 	if err := json.Unmarshal(item, &report); err != nil {
 		return false, "", fmt.Errorf("%w: stored item does not decode: %w", ErrInvalidReport, err)
 	}
+	if report.FAPIInteractionID == "" {
+		// A CLIENT report of a failed call may omit the id, and the PCM
+		// can only be asked by id: such an item counts as not found and is
+		// sent again.
+		return false, "", nil
+	}
 	client, err := r.client(config)
 	if err != nil {
 		return false, "", err
