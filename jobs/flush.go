@@ -287,9 +287,9 @@ func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config, filter
 			UPDATE report_items SET state = 'batched', batch_id = $1, updated_at = now()
 			WHERE id IN (
 				SELECT id FROM (
-					SELECT id, sum(octet_length(body::text) + 1) OVER (ORDER BY id) AS total
+					SELECT id, sum(body_bytes + 1) OVER (ORDER BY id) AS total
 					FROM (
-						SELECT id, body FROM report_items
+						SELECT id, body_bytes FROM report_items
 						WHERE tenant_id = $2 AND ecosystem = $3 AND state = 'pending' AND reported_at < $6
 						ORDER BY id LIMIT $4
 						FOR UPDATE SKIP LOCKED) candidates

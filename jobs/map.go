@@ -158,6 +158,7 @@ func insertItems(ctx context.Context, tx pgx.Tx, items []mappedItem) error {
 		states     = make([]string, len(items))
 		reasons    = make([]*string, len(items))
 		traces     = make([]*string, len(items))
+		sizes      = make([]int32, len(items))
 	)
 	for i, item := range items {
 		tenants[i] = item.event.TenantID
@@ -169,21 +170,22 @@ func insertItems(ctx context.Context, tx pgx.Tx, items []mappedItem) error {
 		reported[i] = item.reportedAt
 		states[i] = item.state
 		reasons[i] = item.reason
+		sizes[i] = int32(len(item.body))
 		if item.event.TraceParent != "" {
 			traces[i] = &item.event.TraceParent
 		}
 	}
 	_, err := tx.Exec(ctx, `
 		INSERT INTO report_items (tenant_id, ecosystem, event_id, fapi_interaction_id, role, body,
-		                          reported_at, state, state_reason, trace_parent)
+		                          reported_at, state, state_reason, trace_parent, body_bytes)
 		SELECT tenant_id, ecosystem, event_id, fapi_interaction_id, role, body::jsonb,
-		       reported_at, state, state_reason, trace_parent
+		       reported_at, state, state_reason, trace_parent, body_bytes
 		FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-		            $7::timestamptz[], $8::text[], $9::text[], $10::text[])
+		            $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::int[])
 		     AS i(tenant_id, ecosystem, event_id, fapi_interaction_id, role, body,
-		          reported_at, state, state_reason, trace_parent)
+		          reported_at, state, state_reason, trace_parent, body_bytes)
 		ON CONFLICT (tenant_id, event_id) DO NOTHING`,
-		tenants, ecosystems, eventIDs, fapiIDs, roles, bodies, reported, states, reasons, traces)
+		tenants, ecosystems, eventIDs, fapiIDs, roles, bodies, reported, states, reasons, traces, sizes)
 	if err != nil {
 		return fmt.Errorf("insert %d report items: %w", len(items), err)
 	}

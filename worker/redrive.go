@@ -44,8 +44,9 @@ func (RedriveArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue
 // redriveTarget is a consumer that re-drive feeds: its name and the handler
 // its batches go through.
 type redriveTarget struct {
-	name    string
-	handler BatchHandler
+	consumer *Consumer
+	name     string
+	handler  BatchHandler
 }
 
 // RedriveWorker finds outbox events that a durable consumer never recorded,
@@ -92,10 +93,31 @@ func (w *RedriveWorker) Work(ctx context.Context, job *river.Job[RedriveArgs]) e
 	return nil
 }
 
+// streamHorizon returns when the oldest message the consumer has not yet
+// acknowledged was stored in the stream, or the zero time when it has none.
+// An event created before that, less the re-drive age, would already have
+// been consumed had it reached the stream, so during a backlog re-drive
+// waits for the consumer instead of taking queued events for lost ones.
+func streamHorizon(ctx context.Context, consumer *Consumer) time.Time {
+	if consumer == nil {
+		return time.Time{}
+	}
+	info, err := consumer.consumer.Info(ctx)
+	if err != nil || info.NumPending+uint64(info.NumAckPending) == 0 {
+		return time.Time{}
+	}
+	msg, err := consumer.cfg.Stream.GetMsg(ctx, info.AckFloor.Stream+1)
+	if err != nil {
+		return time.Time{}
+	}
+	return msg.Time
+}
+
 // pass re-drives up to redriveBatchSize events for one consumer in one
 // transaction and reports whether more may remain.
 func (w *RedriveWorker) pass(ctx context.Context, target redriveTarget, after time.Duration) (bool, error) {
 	var more bool
+	backlogSince := streamHorizon(ctx, target.consumer)
 	var redriven []*outbox.Event
 	err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
 		// The watermark row serializes passes across processes.
@@ -112,6 +134,9 @@ func (w *RedriveWorker) pass(ctx context.Context, target redriveTarget, after ti
 		var horizon time.Time
 		if err := tx.QueryRow(ctx, `SELECT now() - $1::interval`, after.String()).Scan(&horizon); err != nil {
 			return err
+		}
+		if !backlogSince.IsZero() && backlogSince.Add(-after).Before(horizon) {
+			horizon = backlogSince.Add(-after)
 		}
 		if !horizon.After(checkedUntil) {
 			return nil

@@ -313,7 +313,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 
 	for _, consumer := range s.consumers {
-		redrive.targets = append(redrive.targets, redriveTarget{name: consumer.cfg.Name, handler: consumer.cfg.Handler})
+		redrive.targets = append(redrive.targets, redriveTarget{consumer: consumer, name: consumer.cfg.Name, handler: consumer.cfg.Handler})
 	}
 
 	s.riverUI, err = riverui.NewHandler(&riverui.HandlerOpts{
