@@ -31,7 +31,7 @@ const MaxReportAge = 7 * 24 * time.Hour
 // MaxReportAge that an unsubmitted item raises an escalation.
 const DefaultEscalationLead = 24 * time.Hour
 
-// FlushArgs asks for one pass of the flush policy over every enabled tenant.
+// FlushArgs requests one pass of the flush policy over every enabled tenant.
 type FlushArgs struct{}
 
 // Kind returns the job kind.

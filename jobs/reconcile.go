@@ -36,7 +36,7 @@ const (
 // the regulator.
 const ReconcileSampleSize = 10
 
-// ReconcileArgs asks for one reconciliation of a tenant's business day.
+// ReconcileArgs requests one reconciliation of a tenant's business day.
 type ReconcileArgs struct {
 	// Day is the business day, "2006-01-02", in the tenant's regulator zone.
 	Day       string `json:"day"`
@@ -256,7 +256,7 @@ func (w *ReconcileWorker) sample(ctx context.Context, config *tenant.Config, fro
 // schedule looks for a missing result.
 const ReconcileCatchUpDays = 10
 
-// ReconcileScheduleArgs asks for the automatic reconciles that are due.
+// ReconcileScheduleArgs requests the automatic reconciles that are due.
 type ReconcileScheduleArgs struct{}
 
 // Kind returns the job kind.

@@ -28,7 +28,7 @@ import (
 	"github.com/finnest/eventruntime/tenant"
 )
 
-// SubmitArgs asks for one export batch to be posted to its regulator.
+// SubmitArgs requests one export batch to be posted to its regulator.
 type SubmitArgs struct {
 	BatchID int64 `json:"batch_id"`
 }
@@ -449,7 +449,7 @@ func ApproveBatchTx(ctx context.Context, tx pgx.Tx, client *river.Client[pgx.Tx]
 	return nil
 }
 
-// readBack asks the regulator which of the batch's items it already holds,
+// readBack queries the regulator for which of the batch's items it already holds,
 // records those as accepted, and leaves only the missing ones in sub.items.
 // When the regulator cannot read back, every item is sent again and the
 // regulator's own duplicate detection applies.

@@ -16,7 +16,7 @@ import (
 	"github.com/finnest/eventruntime/regulator"
 )
 
-// finish records the regulator's answer (nil when every item was settled
+// finish records the regulator's response (nil when every item was settled
 // without a request), sets the batch's final state from its items' states,
 // and completes the job, all in one transaction.
 func (w *SubmitWorker) finish(ctx context.Context, job *river.Job[SubmitArgs], sub *submission,

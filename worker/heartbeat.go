@@ -21,7 +21,7 @@ const (
 	HeartbeatType   = "eventruntime.heartbeat"
 )
 
-// HeartbeatArgs asks for one heartbeat row in the outbox.
+// HeartbeatArgs requests one heartbeat row in the outbox.
 type HeartbeatArgs struct{}
 
 // Kind returns the job kind.

@@ -32,7 +32,7 @@ const (
 	redriveBatchSize = 1000
 )
 
-// RedriveArgs asks for one re-drive pass over every durable consumer.
+// RedriveArgs requests one re-drive pass over every durable consumer.
 type RedriveArgs struct{}
 
 // Kind returns the job kind.
