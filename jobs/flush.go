@@ -17,7 +17,7 @@ import (
 	"github.com/finnest/eventruntime/tenant"
 )
 
-// Batch limits. Both regulators answer 413 above MaxBatchItems; the byte cap
+// Batch limits. Both regulators respond with 413 above MaxBatchItems; the byte cap
 // keeps a request well inside what HTTP servers and proxies usually accept.
 const (
 	MaxBatchItems = 5000
@@ -239,7 +239,7 @@ func (w *FlushWorker) sealAll(ctx context.Context, config *tenant.Config, filter
 	}
 }
 
-// sealOne seals one batch when the filter says so, and reports whether it
+// sealOne seals one batch when the filter calls for it, and reports whether it
 // did.
 func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config, filter sealFilter) (bool, error) {
 	reportedBefore := time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)

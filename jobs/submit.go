@@ -77,8 +77,8 @@ const (
 	// StageAfterMarker is after the posting marker committed and before the
 	// request leaves.
 	StageAfterMarker SubmitStage = "after_marker"
-	// StageAfterResponse is after the regulator answered and before anything
-	// about the answer is recorded.
+	// StageAfterResponse is after the regulator responded and before anything
+	// about the response is recorded.
 	StageAfterResponse SubmitStage = "after_response"
 	// StageBeforeReceiptCommit is inside the transaction that records the
 	// answer, just before it commits; stopping there rolls it back.
@@ -91,7 +91,7 @@ const (
 // Every step is a transaction of its own: a posting marker and a submission
 // attempt commit before the request leaves, and receipts, evidence, item
 // states, the batch's final state and the job's completion commit together
-// after the answer. A batch found in state posting was interrupted after a
+// after the response. A batch found in state posting was interrupted after a
 // request may have left, so its items are first read back from the regulator
 // and only the missing ones are sent again.
 type SubmitWorker struct {
@@ -125,7 +125,7 @@ type batchItem struct {
 	traceParent       string
 }
 
-// submission is what one run of the job knows about its batch.
+// submission is what one run of the job records about its batch.
 type submission struct {
 	attempt   int
 	attemptID int64

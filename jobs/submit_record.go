@@ -80,7 +80,7 @@ func (w *SubmitWorker) finish(ctx context.Context, job *river.Job[SubmitArgs], s
 }
 
 // recordResult stores receipts, evidence and item states for the items of
-// one answered request, and closes its attempt. It returns the number of
+// one request the regulator responded to, and closes its attempt. It returns the number of
 // discarded items per reason class.
 func (w *SubmitWorker) recordResult(ctx context.Context, tx pgx.Tx, sub *submission, result *regulator.Result,
 ) (map[string]int, error) {
@@ -263,7 +263,7 @@ func (c itemCounts) finalState() string {
 	}
 }
 
-// reject ends the batch as rejected after an answer that resending cannot
+// reject ends the batch as rejected after a response that resending cannot
 // change (400, 403, 415 and similar). Its unsent items end as rejected with
 // the regulator's message, for an operator to inspect and re-drive.
 func (w *SubmitWorker) reject(ctx context.Context, job *river.Job[SubmitArgs], sub *submission, cause error,

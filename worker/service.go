@@ -117,7 +117,7 @@ type Config struct {
 	RescueStuckJobsAfter time.Duration
 
 	// RiverUIUsers are the accounts allowed into River UI under /riverui/.
-	// With none, /riverui/ answers 404.
+	// With none, /riverui/ responds with 404.
 	RiverUIUsers []riveruiaccess.User
 
 	// SubmitCrash is a hook for fault-injection tests; see
@@ -460,7 +460,7 @@ func (s *Service) handleLive(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ok\n"))
 }
 
-// handleReady answers 200 when PostgreSQL and NATS are reachable, and 503
+// handleReady responds with 200 when PostgreSQL and NATS are reachable, and 503
 // with the failing checks otherwise.
 func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
