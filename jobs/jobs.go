@@ -24,8 +24,16 @@ const (
 	QueueSubmit  = "submit"
 )
 
-// notFinished are the job states in which a periodic job blocks another of
-// its kind, so runs never overlap or pile up behind a slow one.
+// PeriodicUnique makes a periodic job unique per period of every (at least
+// one second, River's minimum), so runs do not pile up behind a slow one. A
+// run left running by a killed process blocks only its own period, not
+// every later run until River rescues it.
+func PeriodicUnique(every time.Duration) river.UniqueOpts {
+	return river.UniqueOpts{ByPeriod: max(every, time.Second)}
+}
+
+// notFinished are the job states in which a job blocks another with the
+// same arguments.
 var notFinished = []rivertype.JobState{
 	rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
 	rivertype.JobStateRunning, rivertype.JobStateScheduled,
@@ -79,17 +87,17 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 	periodic := []*river.PeriodicJob{
 		river.NewPeriodicJob(river.PeriodicInterval(cfg.FlushEvery),
 			func() (river.JobArgs, *river.InsertOpts) {
-				return FlushArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: notFinished}}
+				return FlushArgs{}, &river.InsertOpts{UniqueOpts: PeriodicUnique(cfg.FlushEvery)}
 			},
 			&river.PeriodicJobOpts{ID: "flush", RunOnStart: true}),
 		river.NewPeriodicJob(river.PeriodicInterval(time.Hour),
 			func() (river.JobArgs, *river.InsertOpts) {
-				return PartitionsArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: notFinished}}
+				return PartitionsArgs{}, &river.InsertOpts{UniqueOpts: PeriodicUnique(time.Hour)}
 			},
 			&river.PeriodicJobOpts{ID: "partitions", RunOnStart: true}),
 		river.NewPeriodicJob(river.PeriodicInterval(15*time.Minute),
 			func() (river.JobArgs, *river.InsertOpts) {
-				return ReconcileScheduleArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: notFinished}}
+				return ReconcileScheduleArgs{}, &river.InsertOpts{UniqueOpts: PeriodicUnique(15 * time.Minute)}
 			},
 			&river.PeriodicJobOpts{ID: "reconcile_schedule", RunOnStart: true}),
 	}

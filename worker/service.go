@@ -234,10 +234,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	river.AddWorker(workers, &HeartbeatWorker{Pool: s.pool})
 	periodic = append(periodic, river.NewPeriodicJob(river.PeriodicInterval(cmp.Or(cfg.HeartbeatEvery, time.Minute)),
 		func() (river.JobArgs, *river.InsertOpts) {
-			return HeartbeatArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: []rivertype.JobState{
-				rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
-				rivertype.JobStateRunning, rivertype.JobStateScheduled,
-			}}}
+			return HeartbeatArgs{}, &river.InsertOpts{UniqueOpts: jobs.PeriodicUnique(cmp.Or(cfg.HeartbeatEvery, time.Minute))}
 		}, &river.PeriodicJobOpts{ID: "heartbeat"}))
 
 	redrive := newRedriveWorker(logger, s.pool, cfg.RedriveAfter)
@@ -248,10 +245,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	periodic = append(periodic, river.NewPeriodicJob(river.PeriodicInterval(redriveEvery),
 		func() (river.JobArgs, *river.InsertOpts) {
-			return RedriveArgs{}, &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: []rivertype.JobState{
-				rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
-				rivertype.JobStateRunning, rivertype.JobStateScheduled,
-			}}}
+			return RedriveArgs{}, &river.InsertOpts{UniqueOpts: jobs.PeriodicUnique(redriveEvery)}
 		}, &river.PeriodicJobOpts{ID: "redrive"}))
 	for _, extension := range cfg.Extensions {
 		if extension.Register == nil {
