@@ -71,29 +71,8 @@ type FlushWorker struct {
 	calendars sync.Map // zone name to businessday.Calendar
 }
 
-// flushLockKey is the PostgreSQL advisory lock one flush pass holds, so
-// passes never overlap, across processes too. A killed process's session
-// ends and releases it.
-const flushLockKey = 7_274_001
-
-// Work runs one flush pass, or returns at once when another pass runs.
+// Work runs one flush pass.
 func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error {
-	conn, err := w.Pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("acquire connection for the flush lock: %w", err)
-	}
-	defer conn.Release()
-	var locked bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, flushLockKey).Scan(&locked); err != nil {
-		return fmt.Errorf("take the flush lock: %w", err)
-	}
-	if !locked {
-		return nil
-	}
-	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, flushLockKey)
-	}()
-
 	configs, err := tenant.ListEnabled(ctx, w.Pool)
 	if err != nil {
 		return err

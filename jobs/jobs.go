@@ -87,11 +87,6 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 	periodic := []*river.PeriodicJob{
 		river.NewPeriodicJob(river.PeriodicInterval(cfg.FlushEvery),
 			func() (river.JobArgs, *river.InsertOpts) {
-				// Below River's one-second minimum period the flush is not
-				// unique, and its advisory lock keeps runs from overlapping.
-				if cfg.FlushEvery < time.Second {
-					return FlushArgs{}, nil
-				}
 				return FlushArgs{}, &river.InsertOpts{UniqueOpts: PeriodicUnique(cfg.FlushEvery)}
 			},
 			&river.PeriodicJobOpts{ID: "flush", RunOnStart: true}),
