@@ -204,6 +204,6 @@ func TestWorkerKilledMidFlush(t *testing.T) {
 		"batches_at_kill", batchesAtKill, "flush_jobs_left_running", flushRunning))
 	// The seal is logged just before its transaction commits, so the kill
 	// may land before the first batch committed.
-	require.Equal(t, 1, flushRunning, "the kill left the flush job running")
+	require.GreaterOrEqual(t, flushRunning, 1, "the kill left a flush job running")
 	require.Less(t, batchesAtKill, len(e.tenants), "the kill landed before every tenant's batch was sealed")
 }
