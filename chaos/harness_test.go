@@ -415,8 +415,8 @@ func freePort(t *testing.T) int {
 	return port
 }
 
-// lockedBuffer collects a subprocess's output lines and tells watchers of
-// each line.
+// lockedBuffer collects a subprocess's output lines and passes each line
+// to its watchers.
 type lockedBuffer struct {
 	mu       sync.Mutex
 	text     strings.Builder

@@ -81,7 +81,7 @@ const (
 	// about the response is recorded.
 	StageAfterResponse SubmitStage = "after_response"
 	// StageBeforeReceiptCommit is inside the transaction that records the
-	// answer, just before it commits; stopping there rolls it back.
+	// response, just before it commits. Stopping there rolls it back.
 	StageBeforeReceiptCommit SubmitStage = "before_receipt_commit"
 )
 

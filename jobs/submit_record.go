@@ -368,7 +368,7 @@ func (w *SubmitWorker) split(ctx context.Context, job *river.Job[SubmitArgs], su
 	if err != nil {
 		return fmt.Errorf("split batch %d: %w", sub.batchID, err)
 	}
-	logger.Warn("regulator refused the batch as too large; split it", "event", "submit.batch_split",
+	logger.Warn("regulator rejected the batch as too large (413); split it in two", "event", "submit.batch_split",
 		"items", len(sub.items), "child_batch_ids", children)
 	return nil
 }

@@ -49,9 +49,9 @@ type Adapter interface {
 	Check(item json.RawMessage, now time.Time) error
 
 	// Report posts items, each a report body in the regulator's format, in
-	// one request. On a 2xx answer it returns one ItemResult per item in
-	// request order. Any other outcome is an error; a *StatusError when the
-	// regulator answered.
+	// one request. On a 2xx response it returns one ItemResult per item in
+	// request order. Any other outcome is an error, which is a *StatusError
+	// when the regulator responded.
 	Report(ctx context.Context, tenant *tenant.Config, items []json.RawMessage) (*Result, error)
 
 	// Lookup reads back whether the regulator holds the item with the given
@@ -60,7 +60,7 @@ type Adapter interface {
 	Lookup(ctx context.Context, tenant *tenant.Config, item json.RawMessage) (found bool, reportID string, err error)
 }
 
-// Result is a regulator's answer to one report request.
+// Result is a regulator's response to one report request.
 type Result struct {
 	// Items holds one result per request item, in request order.
 	Items []ItemResult
@@ -80,7 +80,7 @@ type ItemResult struct {
 	Status        string
 }
 
-// StatusError is a non-2xx answer from a regulator.
+// StatusError is a non-2xx response from a regulator.
 type StatusError struct {
 	Message    string
 	RetryAfter time.Duration
@@ -88,7 +88,7 @@ type StatusError struct {
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("regulator answered %d: %s", e.StatusCode, e.Message)
+	return fmt.Sprintf("regulator responded with HTTP %d: %s", e.StatusCode, e.Message)
 }
 
 // AsStatusError returns the *StatusError in err's chain, or nil.

@@ -294,7 +294,7 @@ func (c *Consumer) insertDeadLetters(ctx context.Context, tx pgx.Tx, poison []de
 	return nil
 }
 
-// nakAll asks NATS to redeliver every message of a failed batch after a
+// nakAll requests redelivery of every message of a failed batch after a
 // delay that grows with the number of deliveries, up to one minute.
 func (c *Consumer) nakAll(messages []jetstream.Msg, cause error) {
 	var deliveries uint64 = 1

@@ -29,8 +29,8 @@ type observation struct {
 }
 
 // observer samples slot lag, consumer lag, outbox depth and the age of the
-// oldest unsubmitted item on a timer, so metric scrapes and readiness checks
-// never wait on the database.
+// oldest unsubmitted item on a timer, so metric scrapes and the slot check
+// of /readyz read the last sample instead of querying the database.
 type observer struct {
 	consumers []*Consumer
 	every     time.Duration

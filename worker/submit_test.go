@@ -100,7 +100,7 @@ func TestSubmitResponseCodes(t *testing.T) {
 	t.Run("TimeoutReadsBackThenResends", func(t *testing.T) {
 		t.Parallel()
 		p := setupPipeline(t, pipelineOpts{regulatorTimeout: 500 * time.Millisecond})
-		// The fake answers after the client has given up, and drops the
+		// The fake responds after the client has given up, and drops the
 		// request when the client goes away.
 		p.fake.QueueFaults(ofbfake.Fault{Delay: time.Second})
 		events := appendInteractions(t, p, 20, 4)

@@ -80,7 +80,7 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 		}
 		rootCAs = x509.NewCertPool()
 		if !rootCAs.AppendCertsFromPEM(pem) {
-			return cfg, fmt.Errorf("REGULATOR_CA_FILE %s holds no PEM certificate", caFile)
+			return cfg, fmt.Errorf("REGULATOR_CA_FILE %s contains no PEM certificate: point it at a PEM file of CA certificates", caFile)
 		}
 	}
 	ofbAdapter, err := ofb.NewAdapter(ofb.AdapterConfig{

@@ -96,7 +96,7 @@ func (r *Adapter) Lookup(ctx context.Context, config *tenant.Config, item json.R
 	if err != nil || !found {
 		return false, "", convertError(err)
 	}
-	// The PCM may answer with the counterpart's report of the same
+	// The PCM may respond with the counterpart's report of the same
 	// interaction; only a report in this item's role is this item.
 	var stored struct {
 		ReportID string `json:"reportId"`
