@@ -77,10 +77,7 @@ func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	if w.Now != nil {
-		now = w.Now()
-	}
+	now := w.now()
 	var failures []error
 	escalated := map[string]int64{outbox.EcosystemOFB: 0, outbox.EcosystemOPIN: 0}
 	for _, config := range configs {
@@ -143,6 +140,13 @@ func (w *FlushWorker) resumeStranded(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func (w *FlushWorker) now() time.Time {
+	if w.Now != nil {
+		return w.Now()
+	}
+	return time.Now()
 }
 
 func (w *FlushWorker) calendar(zone string) (businessday.Calendar, error) {

@@ -75,8 +75,9 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 	if cfg.FlushEvery == 0 {
 		cfg.FlushEvery = time.Second
 	}
-	river.AddWorker(workers, &MapWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool})
-	river.AddWorker(workers, &FlushWorker{Logger: cfg.Logger, Now: cfg.Now, Pool: cfg.Pool})
+	flush := &FlushWorker{Logger: cfg.Logger, Now: cfg.Now, Pool: cfg.Pool}
+	river.AddWorker(workers, &MapWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool, prompt: newPromptFlush(flush)})
+	river.AddWorker(workers, flush)
 	river.AddWorker(workers, &SubmitWorker{
 		Adapters: cfg.Adapters, Crash: cfg.SubmitCrash, Logger: cfg.Logger, Pool: cfg.Pool, ReadBackDelay: cfg.ReadBackDelay,
 	})

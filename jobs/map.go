@@ -37,6 +37,8 @@ type MapWorker struct {
 	Adapters map[string]regulator.Adapter
 	Logger   *slog.Logger
 	Pool     *pgxpool.Pool
+
+	prompt *promptFlush // nil: items wait for the periodic flush
 }
 
 type mappedItem struct {
@@ -86,6 +88,15 @@ func (w *MapWorker) Work(ctx context.Context, job *river.Job[MapArgs]) error {
 		return fmt.Errorf("map %d events: %w", len(job.Args.Events), err)
 	}
 
+	if w.prompt != nil {
+		keys := make(map[tenantKey]bool)
+		for _, item := range items {
+			if item.state == itemPending {
+				keys[tenantKey{item.event.TenantID, item.event.Ecosystem}] = true
+			}
+		}
+		w.prompt.mapped(ctx, keys)
+	}
 	for _, item := range items {
 		if item.state == itemQuarantined {
 			w.Logger.Warn("report item quarantined", "event", "map.item_quarantined",

@@ -47,8 +47,9 @@ type ConsumerConfig struct {
 	// Decoder decodes messages. Required.
 	Decoder Decoder
 
-	// FetchMaxWait is how long a fetch waits to fill a batch. Zero means
-	// 500 milliseconds.
+	// FetchMaxWait is how long a fetch waits for a message when the stream
+	// holds none. A fetch never waits to fill a batch. Zero means 500
+	// milliseconds.
 	FetchMaxWait time.Duration
 
 	// Handler does the consumer's work. Required.
@@ -144,19 +145,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.logger.Info("consumer stopped", "event", "consumer.stopped")
 
 	for ctx.Err() == nil {
-		batch, err := c.consumer.Fetch(c.cfg.BatchSize, jetstream.FetchMaxWait(c.cfg.FetchMaxWait))
-		if err != nil {
+		// Take what the stream holds now, without waiting to fill a batch.
+		// When it holds nothing, wait up to FetchMaxWait for one message and
+		// then take whatever arrived with it. Batches grow with the load
+		// and a lone event waits for no others.
+		messages, err := c.fetch(c.cfg.BatchSize, 0)
+		if err == nil && len(messages) == 0 {
+			messages, err = c.fetch(1, c.cfg.FetchMaxWait)
+			if err == nil && len(messages) == 1 && c.cfg.BatchSize > 1 {
+				var more []jetstream.Msg
+				more, err = c.fetch(c.cfg.BatchSize-1, 0)
+				messages = append(messages, more...)
+			}
+		}
+		if err != nil && len(messages) == 0 {
 			c.logger.Warn("fetch failed", "event", "consumer.fetch_failed", "error", err)
 			sleep(ctx, time.Second)
 			continue
-		}
-		var messages []jetstream.Msg
-		for msg := range batch.Messages() {
-			messages = append(messages, msg)
-		}
-		c.lastFetch.Store(time.Now().UnixNano())
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-			c.logger.Warn("fetch ended with an error", "event", "consumer.fetch_failed", "error", err, "messages", len(messages))
 		}
 		if len(messages) == 0 {
 			continue
@@ -164,6 +169,31 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.process(context.WithoutCancel(ctx), messages)
 	}
 	return nil
+}
+
+// fetch pulls up to n messages. A zero wait takes only what the stream
+// holds now; otherwise the pull waits up to wait for n messages.
+func (c *Consumer) fetch(n int, wait time.Duration) ([]jetstream.Msg, error) {
+	var batch jetstream.MessageBatch
+	var err error
+	if wait == 0 {
+		batch, err = c.consumer.FetchNoWait(n)
+	} else {
+		batch, err = c.consumer.Fetch(n, jetstream.FetchMaxWait(wait))
+	}
+	if err != nil {
+		return nil, err
+	}
+	var messages []jetstream.Msg
+	for msg := range batch.Messages() {
+		messages = append(messages, msg)
+	}
+	c.lastFetch.Store(time.Now().UnixNano())
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) &&
+		!errors.Is(err, jetstream.ErrNoMessages) {
+		c.logger.Warn("fetch ended with an error", "event", "consumer.fetch_failed", "error", err, "messages", len(messages))
+	}
+	return messages, nil
 }
 
 type deadLetter struct {

@@ -7,11 +7,15 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/finnest/eventruntime/internal/demo"
+	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/sequin"
+	"github.com/finnest/eventruntime/worker"
 )
 
 // sequinMessage encodes an event as Sequin's NATS sink would publish it.
@@ -139,4 +143,70 @@ func TestConsumerRedeliversAfterDatabaseError(t *testing.T) {
 		return count(t, p, "SELECT count(*) FROM consumer_idempotency WHERE event_id = $1", eventID) == 1
 	}, 30*time.Second, 50*time.Millisecond, "the nakked message must be redelivered")
 	require.Zero(t, count(t, p, "SELECT count(*) FROM dead_letters"), "a database error is not poison")
+}
+
+func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{skipStandIn: true})
+	ctx := t.Context()
+
+	conn, err := nats.Connect(p.nats.ClientURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	js, err := jetstream.New(conn)
+	require.NoError(t, err)
+	stream, err := js.Stream(ctx, "OUTBOX")
+	require.NoError(t, err)
+
+	// 300 messages wait in the stream before the consumer starts.
+	for i := range 300 {
+		msg, _ := sequinMessage(t, p, int64(5000+i), 0)
+		require.NoError(t, conn.PublishMsg(msg))
+	}
+	require.NoError(t, conn.Flush())
+
+	batches := make(chan int, 16)
+	consumer, err := worker.NewConsumer(ctx, worker.ConsumerConfig{
+		BatchSize: 256,
+		Decoder:   worker.DecodeSequin,
+		// Far longer than the test waits: a fetch that waited to fill its
+		// batch would never return in time.
+		FetchMaxWait: 5 * time.Minute,
+		Handler: func(_ context.Context, _ pgx.Tx, events []*outbox.Event) error {
+			batches <- len(events)
+			return nil
+		},
+		Name:   "batch-sizes",
+		Pool:   p.db.Pool,
+		Stream: stream,
+	})
+	require.NoError(t, err)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- consumer.Run(runCtx) }()
+	defer func() {
+		stop()
+		// The last fetch returns when the stream has something or its
+		// wait ends; publish one message so it ends now.
+		msg, _ := sequinMessage(t, p, 9999, 0)
+		_ = conn.PublishMsg(msg)
+		<-done
+	}()
+
+	receive := func() int {
+		select {
+		case n := <-batches:
+			return n
+		case <-time.After(time.Minute):
+			t.Fatal("no batch within a minute")
+			return 0
+		}
+	}
+	require.Equal(t, 256, receive(), "a full batch of what was waiting")
+	require.Equal(t, 44, receive(), "the rest at once, without waiting to fill the batch")
+
+	// A lone message is handled on its own, long before the fetch's wait.
+	msg, _ := sequinMessage(t, p, 7000, 0)
+	require.NoError(t, conn.PublishMsg(msg))
+	require.Equal(t, 1, receive())
 }

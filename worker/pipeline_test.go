@@ -93,3 +93,29 @@ func TestPipelineRecordsDiscardedAndQuarantinedItems(t *testing.T) {
 	require.Zero(t, p.fake.Seen(interactionID(t, stale)))
 	require.Empty(t, p.fake.Violations())
 }
+
+func TestPipelineSealsNearRealTimeItemsBetweenPeriodicFlushes(t *testing.T) {
+	t.Parallel()
+	// The periodic flush runs once at start and then not for an hour, so
+	// only the flush that follows each map job can seal these items.
+	p := setupPipeline(t, pipelineOpts{flushEvery: time.Hour})
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'flush' AND state = 'completed'") > 0
+	}, 30*time.Second, 50*time.Millisecond, "the flush run at start")
+
+	generator := demo.NewGenerator(11, testTenants)
+	for round := range 3 {
+		events := make([]*outbox.Event, 20)
+		for i := range events {
+			events[i] = generator.Event()
+		}
+		appendEvents(t, p, events, func(int) int { return 4 })
+		require.Eventually(t, func() bool {
+			return count(t, p, "SELECT count(*) FROM report_items WHERE state = 'accepted'") == 20*(round+1)
+		}, 30*time.Second, 50*time.Millisecond, "round %d: accepted %d", round,
+			count(t, p, "SELECT count(*) FROM report_items WHERE state = 'accepted'"))
+	}
+	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'flush'"),
+		"no periodic flush may have run after the first")
+	require.Len(t, p.fake.Accepted(), 60)
+}

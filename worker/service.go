@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,12 @@ import (
 	"github.com/finnest/eventruntime/sequin"
 )
 
+// DefaultDatabaseMaxConns is the service's default connection limit. The
+// consumers, River's fetching and completion, and up to a dozen running jobs
+// each hold a connection at times; pgxpool's own default of four per CPU
+// left them waiting for one another on two CPUs.
+const DefaultDatabaseMaxConns = 16
+
 // Config configures the service that `eventruntime serve` runs.
 type Config struct {
 	// ConsumerBatchSize is the most messages a consumer commits together.
@@ -36,6 +43,11 @@ type Config struct {
 
 	// DatabaseURL is the PostgreSQL connection string. Required.
 	DatabaseURL string
+
+	// DatabaseMaxConns is the most connections the service opens. Zero
+	// means pool_max_conns of DatabaseURL if it has one, else
+	// DefaultDatabaseMaxConns.
+	DatabaseMaxConns int
 
 	// Decoder decodes the CDC connector's messages. Required.
 	Decoder Decoder
@@ -197,7 +209,16 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		}
 	}()
 
-	if s.pool, err = pgxpool.New(ctx, cfg.DatabaseURL); err != nil {
+	poolConfig, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	if cfg.DatabaseMaxConns > 0 {
+		poolConfig.MaxConns = int32(cfg.DatabaseMaxConns)
+	} else if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
+		poolConfig.MaxConns = DefaultDatabaseMaxConns
+	}
+	if s.pool, err = pgxpool.NewWithConfig(ctx, poolConfig); err != nil {
 		return nil, fmt.Errorf("connect to postgres: %w", err)
 	}
 	if err := s.pool.Ping(ctx); err != nil {

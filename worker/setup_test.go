@@ -106,6 +106,9 @@ type pipelineOpts struct {
 	// as a transport failure would.
 	drop func(outbox.Event) bool
 
+	// flushEvery sets the periodic flush's period. Zero means 200 ms.
+	flushEvery time.Duration
+
 	// now is the flush policy's clock. Nil means time.Now.
 	now func() time.Time
 
@@ -160,7 +163,7 @@ func setupPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	serviceConfig := worker.Config{
 		DatabaseURL:     p.db.URL,
 		Decoder:         worker.DecodeSequin,
-		FlushEvery:      200 * time.Millisecond,
+		FlushEvery:      cmp.Or(opts.flushEvery, 200*time.Millisecond),
 		HTTPAddr:        "127.0.0.1:0",
 		Logger:          slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 		NATSURL:         p.nats.ClientURL(),

@@ -49,6 +49,9 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 	if cfg.ConsumerBatchSize, err = intEnv("CONSUMER_BATCH_SIZE", 256); err != nil {
 		return cfg, err
 	}
+	if cfg.DatabaseMaxConns, err = intEnv("DATABASE_MAX_CONNS", 0); err != nil {
+		return cfg, err
+	}
 	// Zero durations leave the worker package's defaults in place.
 	if cfg.JobTimeout, err = durationEnv("JOB_TIMEOUT", 0); err != nil {
 		return cfg, err
