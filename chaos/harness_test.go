@@ -26,6 +26,7 @@ import (
 	"github.com/finnest/eventruntime/internal/natsembed"
 	"github.com/finnest/eventruntime/internal/pgcluster"
 	"github.com/finnest/eventruntime/internal/pgtest"
+	"github.com/finnest/eventruntime/internal/testbin"
 	"github.com/finnest/eventruntime/migrations"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator"
@@ -37,7 +38,11 @@ import (
 	"github.com/finnest/eventruntime/worker"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	testbin.Remove()
+	os.Exit(code)
+}
 
 // scenarioDurations sets how long faults and load last. The build tag chaos
 // selects the long set, and its absence the short one.

@@ -14,34 +14,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/finnest/eventruntime/internal/testbin"
 	"github.com/finnest/eventruntime/regulator/ofbfake"
 )
-
-var (
-	binaryOnce sync.Once
-	binaryPath string
-	binaryErr  error
-)
-
-// buildBinary builds cmd/eventruntime once per test run.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	binaryOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "eventruntime-chaos-bin-")
-		if err != nil {
-			binaryErr = err
-			return
-		}
-		binaryPath = filepath.Join(dir, "eventruntime")
-		out, err := exec.Command("go", "build", "-o", binaryPath, "../cmd/eventruntime").CombinedOutput()
-		if err != nil {
-			binaryErr = err
-			t.Logf("go build: %s", out)
-		}
-	})
-	require.NoError(t, binaryErr)
-	return binaryPath
-}
 
 // startServe runs `eventruntime serve` against the scenario's servers. The
 // process is killed when the test ends if it is still running.
@@ -49,7 +24,7 @@ func (e *env) startServe(output *lockedBuffer) *exec.Cmd {
 	t := e.t
 	caFile := filepath.Join(t.TempDir(), "regulator-ca.pem")
 	require.NoError(t, os.WriteFile(caFile, e.fake.CACertPEM(), 0o600))
-	cmd := exec.Command(buildBinary(t), "serve")
+	cmd := exec.Command(testbin.Path(t), "serve")
 	cmd.Env = append(os.Environ(),
 		"DATABASE_URL="+e.dbURL,
 		"NATS_URL="+e.natsURL(),

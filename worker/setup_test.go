@@ -21,6 +21,7 @@ import (
 	"github.com/finnest/eventruntime/internal/natsembed"
 	"github.com/finnest/eventruntime/internal/pgtest"
 	"github.com/finnest/eventruntime/internal/telemetry"
+	"github.com/finnest/eventruntime/internal/testbin"
 	"github.com/finnest/eventruntime/jobs"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/regulator"
@@ -45,7 +46,9 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	os.Exit(pgtest.Main(m))
+	code := pgtest.Main(m)
+	testbin.Remove()
+	os.Exit(code)
 }
 
 // scrape returns the service's /metrics text.

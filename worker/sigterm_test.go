@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -13,41 +12,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/finnest/eventruntime/internal/demo"
+	"github.com/finnest/eventruntime/internal/testbin"
 	"github.com/finnest/eventruntime/outbox"
 )
-
-var (
-	binaryOnce sync.Once
-	binaryPath string
-	binaryErr  error
-)
-
-// buildBinary builds cmd/eventruntime once per test run.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	binaryOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "eventruntime-bin-")
-		if err != nil {
-			binaryErr = err
-			return
-		}
-		binaryPath = filepath.Join(dir, "eventruntime")
-		out, err := exec.Command("go", "build", "-o", binaryPath, "../cmd/eventruntime").CombinedOutput()
-		if err != nil {
-			binaryErr = err
-			t.Logf("go build: %s", out)
-		}
-	})
-	require.NoError(t, binaryErr)
-	return binaryPath
-}
 
 // startServe runs `eventruntime serve` against the pipeline's servers.
 func startServe(t *testing.T, p *pipeline, output *bytes.Buffer) *exec.Cmd {
 	t.Helper()
 	caFile := filepath.Join(t.TempDir(), "regulator-ca.pem")
 	require.NoError(t, os.WriteFile(caFile, p.fake.CACertPEM(), 0o600))
-	cmd := exec.Command(buildBinary(t), "serve")
+	cmd := exec.Command(testbin.Path(t), "serve")
 	cmd.Env = append(os.Environ(),
 		"DATABASE_URL="+p.db.URL,
 		"NATS_URL="+p.nats.ClientURL(),
