@@ -31,9 +31,9 @@ func newPromptFlush(flush *FlushWorker) *promptFlush {
 	return &promptFlush{flush: flush, armed: make(map[tenantKey]bool)}
 }
 
-// mapped arranges a flush of each tenant that has new pending items. ctx is
-// the map job's context, which carries the River client the seal uses to
-// enqueue submit jobs; it must be called after the items are committed.
+// mapped arranges a flush of each tenant that has new pending items. Call it
+// after the items are committed, with the map job's context: the seal takes
+// the River client from it to enqueue submit jobs.
 func (p *promptFlush) mapped(ctx context.Context, keys map[tenantKey]bool) {
 	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
 	if err != nil {
