@@ -253,22 +253,25 @@ func (w *FlushWorker) sealOne(ctx context.Context, config *tenant.Config, filter
 	var sealed bool
 	err := pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
 		if filter.nearRealTime {
+			// The database clock, which stamped created_at, decides whether
+			// the oldest item has waited long enough.
 			var pending int
-			var oldest *time.Time
-			var urgent bool
+			var due, urgent bool
 			err := tx.QueryRow(ctx, `
-				SELECT count(*), min(created_at), coalesce(bool_or(reported_at < $4), false) FROM (
+				SELECT count(*), coalesce(min(created_at) <= now() - $5 * interval '1 microsecond', false),
+				       coalesce(bool_or(reported_at < $4), false) FROM (
 					SELECT created_at, reported_at FROM report_items
 					WHERE tenant_id = $1 AND ecosystem = $2 AND state = 'pending'
 					ORDER BY id LIMIT $3) p`,
-				config.TenantID, config.Ecosystem, MaxBatchItems, filter.urgentBefore).Scan(&pending, &oldest, &urgent)
+				config.TenantID, config.Ecosystem, MaxBatchItems, filter.urgentBefore,
+				config.FlushInterval.Microseconds()).Scan(&pending, &due, &urgent)
 			if err != nil {
 				return fmt.Errorf("count pending items: %w", err)
 			}
 			if pending == 0 {
 				return nil
 			}
-			if pending < MaxBatchItems && !urgent && time.Since(*oldest) < config.FlushInterval {
+			if pending < MaxBatchItems && !urgent && !due {
 				return nil
 			}
 		}

@@ -48,9 +48,12 @@ type ConsumerConfig struct {
 	Decoder Decoder
 
 	// FetchMaxWait is how long a fetch waits for a message when the stream
-	// holds none. A fetch never waits to fill a batch. Zero means 500
-	// milliseconds.
+	// holds none. Zero means 500 milliseconds.
 	FetchMaxWait time.Duration
+
+	// Linger is how long a batch that is not full waits for more messages
+	// after its first. Zero means 100 milliseconds.
+	Linger time.Duration
 
 	// Handler does the consumer's work. Required.
 	Handler BatchHandler
@@ -114,6 +117,9 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.FetchMaxWait == 0 {
 		cfg.FetchMaxWait = 500 * time.Millisecond
 	}
+	if cfg.Linger == 0 {
+		cfg.Linger = 100 * time.Millisecond
+	}
 	if cfg.MaxAckPending == 0 {
 		cfg.MaxAckPending = 8 * cfg.BatchSize
 	}
@@ -145,34 +151,37 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.logger.Info("consumer stopped", "event", "consumer.stopped")
 
 	for ctx.Err() == nil {
-		// Take what the stream holds now, without waiting to fill a batch.
-		// When it holds nothing, wait up to FetchMaxWait for one message and
-		// then take whatever arrived with it. Batches grow with the load
-		// and a lone event waits for no others.
+		// Take what the stream holds now. When it holds nothing, wait up to
+		// FetchMaxWait for one message. Then, unless the batch is full,
+		// wait up to Linger for more: a lone event waits at most Linger
+		// for others, and a steady flow becomes a few batches a second
+		// instead of one per message, which River could not run as jobs.
 		messages, err := c.fetch(c.cfg.BatchSize, 0)
 		if err == nil && len(messages) == 0 {
 			messages, err = c.fetch(1, c.cfg.FetchMaxWait)
-			if err == nil && len(messages) == 1 && c.cfg.BatchSize > 1 {
-				var more []jetstream.Msg
-				more, err = c.fetch(c.cfg.BatchSize-1, 0)
-				messages = append(messages, more...)
-			}
 		}
-		if err != nil && len(messages) == 0 {
-			c.logger.Warn("fetch failed", "event", "consumer.fetch_failed", "error", err)
+		if err == nil && len(messages) > 0 && len(messages) < c.cfg.BatchSize {
+			var more []jetstream.Msg
+			more, err = c.fetch(c.cfg.BatchSize-len(messages), c.cfg.Linger)
+			messages = append(messages, more...)
+		}
+		if err != nil {
+			c.logger.Warn("fetch failed", "event", "consumer.fetch_failed", "error", err, "messages", len(messages))
+		}
+		if len(messages) > 0 {
+			c.process(context.WithoutCancel(ctx), messages)
+		}
+		if err != nil {
 			sleep(ctx, time.Second)
-			continue
 		}
-		if len(messages) == 0 {
-			continue
-		}
-		c.process(context.WithoutCancel(ctx), messages)
 	}
 	return nil
 }
 
 // fetch pulls up to n messages. A zero wait takes only what the stream
-// holds now; otherwise the pull waits up to wait for n messages.
+// holds now; otherwise the pull waits up to wait for n messages. The
+// messages received before an error are returned with it. Only a fetch
+// without an error counts for Healthy.
 func (c *Consumer) fetch(n int, wait time.Duration) ([]jetstream.Msg, error) {
 	var batch jetstream.MessageBatch
 	var err error
@@ -188,11 +197,11 @@ func (c *Consumer) fetch(n int, wait time.Duration) ([]jetstream.Msg, error) {
 	for msg := range batch.Messages() {
 		messages = append(messages, msg)
 	}
-	c.lastFetch.Store(time.Now().UnixNano())
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) &&
 		!errors.Is(err, jetstream.ErrNoMessages) {
-		c.logger.Warn("fetch ended with an error", "event", "consumer.fetch_failed", "error", err, "messages", len(messages))
+		return messages, err
 	}
+	c.lastFetch.Store(time.Now().UnixNano())
 	return messages, nil
 }
 

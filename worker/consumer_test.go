@@ -169,9 +169,10 @@ func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
 	consumer, err := worker.NewConsumer(ctx, worker.ConsumerConfig{
 		BatchSize: 256,
 		Decoder:   worker.DecodeSequin,
-		// Far longer than the test waits: a fetch that waited to fill its
-		// batch would never return in time.
+		// Far longer than the test waits: a fetch that waited this long to
+		// fill its batch would never return in time.
 		FetchMaxWait: 5 * time.Minute,
+		Linger:       200 * time.Millisecond,
 		Handler: func(_ context.Context, _ pgx.Tx, events []*outbox.Event) error {
 			batches <- len(events)
 			return nil
@@ -203,9 +204,9 @@ func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
 		}
 	}
 	require.Equal(t, 256, receive(), "a full batch of what was waiting")
-	require.Equal(t, 44, receive(), "the rest at once, without waiting to fill the batch")
+	require.Equal(t, 44, receive(), "the rest after the linger, without waiting to fill the batch")
 
-	// A lone message is handled on its own, long before the fetch's wait.
+	// A lone message is handled on its own once the linger ends.
 	msg, _ := sequinMessage(t, p, 7000, 0)
 	require.NoError(t, conn.PublishMsg(msg))
 	require.Equal(t, 1, receive())

@@ -119,3 +119,42 @@ func TestPipelineSealsNearRealTimeItemsBetweenPeriodicFlushes(t *testing.T) {
 		"no periodic flush may have run after the first")
 	require.Len(t, p.fake.Accepted(), 60)
 }
+
+func TestPipelineSealsItemsAPromptFlushHadToSkip(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{flushEvery: time.Hour})
+	ctx := t.Context()
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'flush' AND state = 'completed'") > 0
+	}, 30*time.Second, 50*time.Millisecond, "the flush run at start")
+	_, err := p.db.Pool.Exec(ctx, `UPDATE tenant_config SET flush_interval = interval '2 seconds'`)
+	require.NoError(t, err)
+
+	generator := demo.NewGenerator(12, testTenants[:1])
+	events := make([]*outbox.Event, 10)
+	for i := range events {
+		events[i] = generator.Event()
+	}
+	appendEvents(t, p, events, func(int) int { return 10 })
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM report_items WHERE state = 'pending'") == 10
+	}, 30*time.Second, 20*time.Millisecond)
+
+	// Another sealer holds one item, so the flush that follows the map job
+	// seals the other nine and finds one still pending.
+	tx, err := p.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	var held int64
+	require.NoError(t, tx.QueryRow(ctx,
+		`SELECT id FROM report_items WHERE state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE`).Scan(&held))
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM report_items WHERE state = 'accepted'") == 9
+	}, 30*time.Second, 50*time.Millisecond)
+	require.NoError(t, tx.Rollback(ctx))
+
+	require.Eventually(t, func() bool {
+		return count(t, p, "SELECT count(*) FROM report_items WHERE id = $1 AND state = 'accepted'", held) == 1
+	}, 30*time.Second, 50*time.Millisecond, "the held item must be sealed without a periodic flush")
+	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'flush'"))
+}

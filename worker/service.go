@@ -29,10 +29,11 @@ import (
 	"github.com/finnest/eventruntime/sequin"
 )
 
-// DefaultDatabaseMaxConns is the service's default connection limit. The
-// consumers, River's fetching and completion, and up to a dozen running jobs
-// each hold a connection at times; pgxpool's own default of four per CPU
-// left them waiting for one another on two CPUs.
+// DefaultDatabaseMaxConns is the service's least default connection limit.
+// The consumers, River's fetching and completion, and up to a dozen running
+// jobs each hold a connection at times; pgxpool's own default, the larger
+// of four and the number of CPUs, left them waiting for one another on two
+// CPUs.
 const DefaultDatabaseMaxConns = 16
 
 // Config configures the service that `eventruntime serve` runs.
@@ -41,12 +42,16 @@ type Config struct {
 	// Zero means 256.
 	ConsumerBatchSize int
 
+	// ConsumerLinger is how long a consumer's batch that is not full waits
+	// for more messages after its first. Zero means 100 milliseconds.
+	ConsumerLinger time.Duration
+
 	// DatabaseURL is the PostgreSQL connection string. Required.
 	DatabaseURL string
 
 	// DatabaseMaxConns is the most connections the service opens. Zero
-	// means pool_max_conns of DatabaseURL if it has one, else
-	// DefaultDatabaseMaxConns.
+	// means pool_max_conns of DatabaseURL if it has one, else the larger of
+	// DefaultDatabaseMaxConns and pgxpool's default.
 	DatabaseMaxConns int
 
 	// Decoder decodes the CDC connector's messages. Required.
@@ -216,7 +221,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.DatabaseMaxConns > 0 {
 		poolConfig.MaxConns = int32(cfg.DatabaseMaxConns)
 	} else if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
-		poolConfig.MaxConns = DefaultDatabaseMaxConns
+		poolConfig.MaxConns = max(poolConfig.MaxConns, DefaultDatabaseMaxConns)
 	}
 	if s.pool, err = pgxpool.NewWithConfig(ctx, poolConfig); err != nil {
 		return nil, fmt.Errorf("connect to postgres: %w", err)
@@ -296,6 +301,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s.consumer, err = NewConsumer(ctx, ConsumerConfig{
 		BatchSize: cfg.ConsumerBatchSize,
 		Decoder:   cfg.Decoder,
+		Linger:    cfg.ConsumerLinger,
 		Handler: func(ctx context.Context, tx pgx.Tx, events []*outbox.Event) error {
 			return insertMapJobs(ctx, riverClient, tx, events)
 		},
@@ -316,6 +322,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			BatchSize: cfg.ConsumerBatchSize,
 			Decoder:   cfg.Decoder,
 			Handler:   extension.Handler(riverClient),
+			Linger:    cfg.ConsumerLinger,
 			Logger:    logger,
 			Name:      extension.ConsumerName,
 			Pool:      s.pool,

@@ -49,6 +49,9 @@ func serviceConfig(logger *slog.Logger) (worker.Config, error) {
 	if cfg.ConsumerBatchSize, err = intEnv("CONSUMER_BATCH_SIZE", 256); err != nil {
 		return cfg, err
 	}
+	if cfg.ConsumerLinger, err = durationEnv("CONSUMER_LINGER", 100*time.Millisecond); err != nil {
+		return cfg, err
+	}
 	if cfg.DatabaseMaxConns, err = intEnv("DATABASE_MAX_CONNS", 0); err != nil {
 		return cfg, err
 	}
