@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -68,7 +69,14 @@ type FlushWorker struct {
 
 	Pool *pgxpool.Pool
 
+	// UnconfiguredEvery is how often a run looks for pending items of
+	// tenants without an enabled configuration. Zero means every minute.
+	UnconfiguredEvery time.Duration
+
 	calendars sync.Map // zone name to businessday.Calendar
+
+	unconfiguredMu   sync.Mutex
+	unconfiguredNext time.Time
 }
 
 // Work runs one flush pass.
@@ -100,7 +108,52 @@ func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error
 	if err := w.resumeStranded(ctx); err != nil {
 		failures = append(failures, err)
 	}
+	if err := w.reportUnconfigured(ctx); err != nil {
+		failures = append(failures, err)
+	}
 	return errors.Join(failures...)
+}
+
+// reportUnconfigured logs an error and sets the unconfigured-items gauge for
+// pending items whose tenant has no enabled configuration for their
+// ecosystem: no flush seals them, and nothing else would say so. It runs at
+// most every UnconfiguredEvery, because it reads every pending item.
+func (w *FlushWorker) reportUnconfigured(ctx context.Context) error {
+	w.unconfiguredMu.Lock()
+	if time.Now().Before(w.unconfiguredNext) {
+		w.unconfiguredMu.Unlock()
+		return nil
+	}
+	w.unconfiguredNext = time.Now().Add(cmp.Or(w.UnconfiguredEvery, time.Minute))
+	w.unconfiguredMu.Unlock()
+
+	rows, err := w.Pool.Query(ctx, `
+		SELECT r.tenant_id, r.ecosystem, count(*), min(r.created_at) FROM report_items r
+		WHERE r.state = 'pending' AND NOT EXISTS (
+		    SELECT 1 FROM tenant_config c
+		    WHERE c.tenant_id = r.tenant_id AND c.ecosystem = r.ecosystem AND c.enabled)
+		GROUP BY r.tenant_id, r.ecosystem ORDER BY r.tenant_id, r.ecosystem`)
+	if err != nil {
+		return fmt.Errorf("count items of unconfigured tenants: %w", err)
+	}
+	totals := map[string]int64{outbox.EcosystemOFB: 0, outbox.EcosystemOPIN: 0}
+	var tenantID, ecosystem string
+	var items int64
+	var oldest time.Time
+	_, err = pgx.ForEachRow(rows, []any{&tenantID, &ecosystem, &items, &oldest}, func() error {
+		totals[ecosystem] += items
+		w.Logger.Error("report items wait for a tenant with no enabled configuration; no flush seals them",
+			"event", "flush.unconfigured_tenant", "tenant_id", tenantID, "ecosystem", ecosystem,
+			"items", items, "oldest_created_at", oldest)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("count items of unconfigured tenants: %w", err)
+	}
+	for ecosystem, n := range totals {
+		metrics.unconfiguredItems.Record(ctx, n, ecosystemAttr(ecosystem))
+	}
+	return nil
 }
 
 // resumeStranded re-enqueues the submit job of every batch that is not in a

@@ -75,7 +75,7 @@ func Register(workers *river.Workers, cfg Config) ([]*river.PeriodicJob, map[str
 	if cfg.FlushEvery == 0 {
 		cfg.FlushEvery = time.Second
 	}
-	flush := &FlushWorker{Logger: cfg.Logger, Now: cfg.Now, Pool: cfg.Pool}
+	flush := &FlushWorker{Logger: cfg.Logger, Now: cfg.Now, Pool: cfg.Pool, UnconfiguredEvery: max(10*cfg.FlushEvery, time.Second)}
 	river.AddWorker(workers, &MapWorker{Adapters: cfg.Adapters, Logger: cfg.Logger, Pool: cfg.Pool, prompt: newPromptFlush(flush)})
 	river.AddWorker(workers, flush)
 	river.AddWorker(workers, &SubmitWorker{

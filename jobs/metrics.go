@@ -14,6 +14,7 @@ type instruments struct {
 	batches           metric.Int64Counter
 	discardedItems    metric.Int64Counter
 	escalatedItems    metric.Int64Gauge
+	unconfiguredItems metric.Int64Gauge
 	quarantinedItems  metric.Int64Counter
 	rejectedBatches   metric.Int64Counter
 	submitDuration    metric.Float64Histogram
@@ -30,6 +31,8 @@ func newInstruments() *instruments {
 		metric.WithDescription("Report items the regulator discarded, by reason class."))
 	i.escalatedItems, _ = meter.Int64Gauge("eventruntime.deadline.escalated_items",
 		metric.WithDescription("Report items not yet submitted whose business day is close to the regulator's final deadline (D+7)."))
+	i.unconfiguredItems, _ = meter.Int64Gauge("eventruntime.flush.unconfigured_items",
+		metric.WithDescription("Pending report items of tenants with no enabled configuration for their ecosystem, which no flush seals."))
 	i.quarantinedItems, _ = meter.Int64Counter("eventruntime.report_items.quarantined",
 		metric.WithDescription("Report items kept back because they failed a check before sending, by reason class."))
 	i.rejectedBatches, _ = meter.Int64Counter("eventruntime.submit.rejected_batches",

@@ -1,0 +1,84 @@
+package jobs_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertest"
+	"github.com/stretchr/testify/require"
+
+	"github.com/finnest/eventruntime/internal/pgtest"
+	"github.com/finnest/eventruntime/jobs"
+	"github.com/finnest/eventruntime/tenant"
+)
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestFlushReportsItemsOfUnconfiguredTenants(t *testing.T) {
+	ctx := context.Background()
+	db := pgtest.NewDatabase(t)
+	require.NoError(t, tenant.Upsert(ctx, db.Pool, &tenant.Config{
+		TenantID: "configured", Ecosystem: "ofb", Enabled: true, Environment: "test",
+		OrganisationID: "org", ClientID: "client", SubmissionMode: tenant.ModeScheduled,
+	}))
+	insert := func(tenantID, ecosystem string, n int) {
+		for range n {
+			_, err := db.Pool.Exec(ctx, `
+				INSERT INTO report_items (tenant_id, ecosystem, event_id, fapi_interaction_id, role, body, reported_at)
+				VALUES ($1, $2, $3, $4, 'SERVER', '{}', now())`,
+				tenantID, ecosystem, uuid.New(), uuid.NewString())
+			require.NoError(t, err)
+		}
+	}
+	insert("configured", "ofb", 2)  // scheduled outside its window: waits by design
+	insert("configured", "opin", 3) // no configuration for this ecosystem
+	insert("missing", "ofb", 4)     // no configuration at all
+
+	var logs syncBuffer
+	worker := &jobs.FlushWorker{
+		Logger:            slog.New(slog.NewJSONHandler(&logs, nil)),
+		Pool:              db.Pool,
+		UnconfiguredEvery: time.Nanosecond,
+	}
+	tx, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	_, err = rivertest.NewWorker(t, riverpgxv5.New(db.Pool), &river.Config{}, worker).
+		Work(ctx, t, tx, jobs.FlushArgs{}, nil)
+	require.NoError(t, err)
+
+	var reported []string
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, `"event":"flush.unconfigured_tenant"`) {
+			reported = append(reported, line)
+		}
+	}
+	require.Len(t, reported, 2, "logs:\n%s", logs.String())
+	require.Contains(t, reported[0], `"tenant_id":"configured","ecosystem":"opin","items":3`)
+	require.Contains(t, reported[1], `"tenant_id":"missing","ecosystem":"ofb","items":4`)
+}
+
