@@ -116,8 +116,8 @@ func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error
 
 // reportUnconfigured logs an error and sets the unconfigured-items gauge for
 // pending items whose tenant has no enabled configuration for their
-// ecosystem: no flush seals them, and nothing else would say so. It runs at
-// most every UnconfiguredEvery, because it reads every pending item.
+// ecosystem, because no flush seals them. It runs at most every
+// UnconfiguredEvery, because it reads every pending item.
 func (w *FlushWorker) reportUnconfigured(ctx context.Context) error {
 	w.unconfiguredMu.Lock()
 	if time.Now().Before(w.unconfiguredNext) {

@@ -153,9 +153,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		// Take what the stream holds now. When it holds nothing, wait up to
 		// FetchMaxWait for one message. Then, unless the batch is full,
-		// wait up to Linger for more: a lone event waits at most Linger
-		// for others, and a steady flow becomes a few batches a second
-		// instead of one per message, which River could not run as jobs.
+		// wait up to Linger for more. A lone event waits at most Linger.
+		// A steady flow becomes a few large map jobs a second, not one
+		// small job per message: River fetches a queue's jobs at most
+		// every 100 ms, which limits how many jobs a second it runs.
 		messages, err := c.fetch(c.cfg.BatchSize, 0)
 		if err == nil && len(messages) == 0 {
 			messages, err = c.fetch(1, c.cfg.FetchMaxWait)
