@@ -94,9 +94,13 @@ type envOptions struct {
 	// tenants is the number of OFB tenants. Zero means 2.
 	tenants int
 
-	// flushInterval is each tenant's near-real-time flush interval. Zero
-	// means 200 milliseconds.
+	// flushInterval is each tenant's near-real-time flush interval, or with
+	// scheduled its schedule cadence. Zero means 200 milliseconds.
 	flushInterval time.Duration
+
+	// scheduled puts the tenants in scheduled mode with a window that is
+	// always open, so only the periodic flush job seals their items.
+	scheduled bool
 }
 
 // env is one scenario's servers: PostgreSQL, embedded NATS with a fixed
@@ -165,12 +169,17 @@ func newEnv(t *testing.T, opts envOptions) *env {
 		keyFile := filepath.Join(e.certDir, tt.ID+".key")
 		require.NoError(t, os.WriteFile(certFile, certPEM, 0o600))
 		require.NoError(t, os.WriteFile(keyFile, keyPEM, 0o600))
-		require.NoError(t, tenant.Upsert(ctx, e.pool, &tenant.Config{
+		config := &tenant.Config{
 			TenantID: tt.ID, Ecosystem: outbox.EcosystemOFB, Enabled: true, Environment: "test",
 			OrganisationID: tt.OrganisationID, ClientID: tt.SoftwareStatementID,
 			Credentials:   map[string]string{"certificate": "file:" + certFile, "private_key": "file:" + keyFile},
 			FlushInterval: cmp.Or(opts.flushInterval, 200*time.Millisecond),
-		}))
+		}
+		if opts.scheduled {
+			config.SubmissionMode = tenant.ModeScheduled
+			config.ScheduleCadence = config.FlushInterval
+		}
+		require.NoError(t, tenant.Upsert(ctx, e.pool, config))
 	}
 	return e
 }
@@ -409,6 +418,22 @@ func (e *env) logTransportState() {
 	e.t.Logf("stream msgs=%d last=%d consumer delivered=%d ackfloor=%d pending=%d ackpending=%d waiting=%d redelivered=%d idem=%d outbox=%d",
 		si.State.Msgs, si.State.LastSeq, info.Delivered.Stream, info.AckFloor.Stream, info.NumPending, info.NumAckPending,
 		info.NumWaiting, info.NumRedelivered, e.count("SELECT count(*) FROM consumer_idempotency"), e.count("SELECT count(*) FROM outbox"))
+}
+
+// waitForStream waits until a service has created the stream. The stand-in
+// publishes without acknowledgement, as Sequin does, so rows it publishes
+// before the stream exists are lost in transport and come back only through
+// re-drive, minutes later.
+func (e *env) waitForStream() {
+	conn, err := nats.Connect(e.natsURL())
+	require.NoError(e.t, err)
+	defer conn.Close()
+	js, err := jetstream.New(conn)
+	require.NoError(e.t, err)
+	require.Eventually(e.t, func() bool {
+		_, err := js.Stream(context.Background(), "OUTBOX")
+		return err == nil
+	}, 60*time.Second, 50*time.Millisecond, "no service created the stream within 60s")
 }
 
 func freePort(t *testing.T) int {

@@ -99,6 +99,7 @@ func TestWorkerKilledMidPost(t *testing.T) {
 
 	var firstOutput, secondOutput lockedBuffer
 	first := e.startServe(&firstOutput)
+	e.waitForStream()
 	producer := e.startLoad(401, durations.LoadRate)
 	select {
 	case <-entered:
@@ -136,7 +137,11 @@ func TestWorkerKilledMidPost(t *testing.T) {
 // submit every batch once.
 func TestWorkerKilledMidFlush(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{tenants: 6, flushInterval: 2 * time.Second})
+	// Scheduled tenants, so the periodic flush job seals every batch and
+	// the kill leaves it running. A near-real-time tenant's items are
+	// sealed by the process that mapped them; the other kill scenario
+	// kills processes with such seals pending.
+	e := newEnv(t, envOptions{tenants: 6, flushInterval: 2 * time.Second, scheduled: true})
 	e.startStandIn()
 
 	var firstOutput, secondOutput lockedBuffer
@@ -150,6 +155,7 @@ func TestWorkerKilledMidFlush(t *testing.T) {
 		}
 	})
 	first := e.startServe(&firstOutput)
+	e.waitForStream()
 
 	// One burst per tenant, all appended before the flush interval ends.
 	events := e.interactionEvents(e.loadGenerator(501), durations.FlushBurstPerTenant*len(e.tenants))
