@@ -81,4 +81,3 @@ func TestFlushReportsItemsOfUnconfiguredTenants(t *testing.T) {
 	require.Contains(t, reported[0], `"tenant_id":"configured","ecosystem":"opin","items":3`)
 	require.Contains(t, reported[1], `"tenant_id":"missing","ecosystem":"ofb","items":4`)
 }
-
