@@ -126,11 +126,10 @@ type Config struct {
 
 	// RescueStuckJobsAfter is how long a job may stay in state running before
 	// River's rescuer makes it retryable. A process killed mid-job (SIGKILL,
-	// OOM) leaves its jobs running, and the periodic flush cannot be enqueued
-	// again while one is, so this bounds how long such a crash stops flushing
-	// and submission. It must be at least JobTimeout. Zero means JobTimeout
-	// plus one minute (two minutes with the default timeout), far below
-	// River's own default of one hour.
+	// OOM) leaves its jobs running, so this bounds how long such a crash
+	// holds back the batches of its map and submit jobs. It must be at least
+	// JobTimeout. Zero means JobTimeout plus one minute (two minutes with the
+	// default timeout), far below River's own default of one hour.
 	RescueStuckJobsAfter time.Duration
 
 	// RiverUIUsers are the accounts allowed into River UI under /riverui/.
