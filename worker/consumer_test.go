@@ -1,8 +1,11 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -210,4 +213,62 @@ func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
 	msg, _ := sequinMessage(t, p, 7000, 0)
 	require.NoError(t, conn.PublishMsg(msg))
 	require.Equal(t, 1, receive())
+}
+
+func TestConsumerBacksOffWhenFetchFails(t *testing.T) {
+	t.Parallel()
+	p := setupPipeline(t, pipelineOpts{skipStandIn: true})
+	ctx := t.Context()
+
+	conn, err := nats.Connect(p.nats.ClientURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	js, err := jetstream.New(conn)
+	require.NoError(t, err)
+	stream, err := js.Stream(ctx, "OUTBOX")
+	require.NoError(t, err)
+
+	var logs syncBuffer
+	consumer, err := worker.NewConsumer(ctx, worker.ConsumerConfig{
+		Decoder:      worker.DecodeSequin,
+		FetchMaxWait: 100 * time.Millisecond,
+		Handler:      func(context.Context, pgx.Tx, []*outbox.Event) error { return nil },
+		Logger:       slog.New(slog.NewJSONHandler(&logs, nil)),
+		Name:         "deleted-while-running",
+		Pool:         p.db.Pool,
+		Stream:       stream,
+	})
+	require.NoError(t, err)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- consumer.Run(runCtx) }()
+	require.Eventually(t, consumer.Healthy, 10*time.Second, 20*time.Millisecond)
+
+	// Every fetch fails once the durable consumer is gone.
+	require.NoError(t, stream.DeleteConsumer(ctx, "deleted-while-running"))
+	time.Sleep(3 * time.Second)
+	stop()
+	<-done
+
+	failures := strings.Count(logs.String(), `"event":"consumer.fetch_failed"`)
+	require.Positive(t, failures, "the failing fetches must be logged")
+	require.LessOrEqual(t, failures, 8, "a failing fetch must be followed by a pause, not retried at once")
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and the test at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
