@@ -44,7 +44,11 @@ func TestFlushReportsItemsOfUnconfiguredTenants(t *testing.T) {
 	require.NoError(t, tenant.Upsert(ctx, db.Pool, &tenant.Config{
 		TenantID: "configured", Ecosystem: "ofb", Enabled: true, Environment: "test",
 		OrganisationID: "org", ClientID: "client", SubmissionMode: tenant.ModeScheduled,
+		ScheduleCadence: 24 * time.Hour,
 	}))
+	// Flushed a moment ago, so its next scheduled flush is a day away.
+	_, err := db.Pool.Exec(ctx, `UPDATE tenant_config SET last_flushed_at = now()`)
+	require.NoError(t, err)
 	insert := func(tenantID, ecosystem string, n int) {
 		for range n {
 			_, err := db.Pool.Exec(ctx, `
@@ -54,7 +58,7 @@ func TestFlushReportsItemsOfUnconfiguredTenants(t *testing.T) {
 			require.NoError(t, err)
 		}
 	}
-	insert("configured", "ofb", 2)  // scheduled outside its window: waits by design
+	insert("configured", "ofb", 2)  // scheduled, not due for a day: waits by design
 	insert("configured", "opin", 3) // no configuration for this ecosystem
 	insert("missing", "ofb", 4)     // no configuration at all
 
@@ -80,4 +84,8 @@ func TestFlushReportsItemsOfUnconfiguredTenants(t *testing.T) {
 	require.Len(t, reported, 2, "logs:\n%s", logs.String())
 	require.Contains(t, reported[0], `"tenant_id":"configured","ecosystem":"opin","items":3`)
 	require.Contains(t, reported[1], `"tenant_id":"missing","ecosystem":"ofb","items":4`)
+	var waiting int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM report_items
+		WHERE tenant_id = 'configured' AND ecosystem = 'ofb' AND state = 'pending'`).Scan(&waiting))
+	require.Equal(t, 2, waiting, "the configured tenant's items wait for their schedule, unreported")
 }

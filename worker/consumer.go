@@ -143,8 +143,9 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	return &Consumer{cfg: cfg, consumer: consumer, logger: logger}, nil
 }
 
-// Run fetches and processes batches until ctx is done. It stops fetching at
-// once when ctx is cancelled and finishes the batch in hand, using a context
+// Run fetches and processes batches until ctx is done. Once ctx is
+// cancelled it starts no new fetch; a fetch under way ends within
+// FetchMaxWait plus Linger. It finishes the batch in hand with a context
 // that is not cancelled, so no committed batch goes unacknowledged.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.logger.Info("consumer started", "event", "consumer.started")

@@ -127,7 +127,9 @@ func TestPipelineSealsItemsAPromptFlushHadToSkip(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'flush' AND state = 'completed'") > 0
 	}, 30*time.Second, 50*time.Millisecond, "the flush run at start")
-	_, err := p.db.Pool.Exec(ctx, `UPDATE tenant_config SET flush_interval = interval '2 seconds'`)
+	// Long enough for the test to lock an item before the seal, even on a
+	// loaded machine.
+	_, err := p.db.Pool.Exec(ctx, `UPDATE tenant_config SET flush_interval = interval '5 seconds'`)
 	require.NoError(t, err)
 
 	generator := demo.NewGenerator(12, testTenants[:1])
