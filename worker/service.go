@@ -31,8 +31,8 @@ import (
 
 // DefaultDatabaseMaxConns is the service's least default connection limit.
 // The consumers, River's fetching and completion, and up to a dozen running
-// jobs each hold a connection at times; pgxpool's own default, the larger
-// of four and the number of CPUs, left them waiting for one another on two
+// jobs each hold a connection at times. With pgxpool's own default, the
+// larger of four and the number of CPUs, they waited for one another on two
 // CPUs.
 const DefaultDatabaseMaxConns = 16
 
