@@ -421,9 +421,8 @@ func (e *env) logTransportState() {
 }
 
 // waitForStream waits until a service has created the stream. The stand-in
-// publishes without acknowledgement, as Sequin does, so rows it publishes
-// before the stream exists are lost in transport and come back only through
-// re-drive, minutes later.
+// publishes without acknowledgement, as Sequin does. Rows it publishes before
+// the stream exists are lost in transport until re-drive, minutes later.
 func (e *env) waitForStream() {
 	conn, err := nats.Connect(e.natsURL())
 	require.NoError(e.t, err)

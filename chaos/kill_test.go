@@ -138,9 +138,9 @@ func TestWorkerKilledMidPost(t *testing.T) {
 func TestWorkerKilledMidFlush(t *testing.T) {
 	t.Parallel()
 	// Scheduled tenants, so the periodic flush job seals every batch and
-	// the kill leaves it running. A near-real-time tenant's items are
-	// sealed by the process that mapped them; the other kill scenario
-	// kills processes with such seals pending.
+	// the kill leaves it running. Near-real-time items are sealed by the
+	// process that mapped them, and the mid-POST scenario kills such a
+	// process.
 	e := newEnv(t, envOptions{tenants: 6, flushInterval: 2 * time.Second, scheduled: true})
 	e.startStandIn()
 

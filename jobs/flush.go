@@ -69,9 +69,9 @@ type FlushWorker struct {
 
 	Pool *pgxpool.Pool
 
-	// UnconfiguredEvery is how often a run looks for pending items of
-	// tenants without an enabled configuration. Zero means every minute;
-	// Register sets ten flush periods.
+	// UnconfiguredEvery is how often a run counts pending items of tenants
+	// without an enabled configuration. Zero means every minute. Register
+	// sets ten flush periods.
 	UnconfiguredEvery time.Duration
 
 	calendars sync.Map // zone name to businessday.Calendar
@@ -109,17 +109,18 @@ func (w *FlushWorker) Work(ctx context.Context, job *river.Job[FlushArgs]) error
 	if err := w.resumeStranded(ctx); err != nil {
 		failures = append(failures, err)
 	}
-	// A failed count must not fail the run, which has sealed already.
+	// A failed count is logged and does not fail the run, which has sealed
+	// its batches already.
 	if err := w.reportUnconfigured(ctx); err != nil {
-		w.Logger.Error("could not count items of unconfigured tenants", "event", "flush.unconfigured_check_failed",
-			"error", err)
+		w.Logger.Error("count of unconfigured tenants' items failed; the next run tries again",
+			"event", "flush.unconfigured_check_failed", "error", err)
 	}
 	return errors.Join(failures...)
 }
 
-// reportUnconfigured logs an error and sets the unconfigured-items gauge for
-// pending items whose tenant has no enabled configuration for their
-// ecosystem, because no flush seals them. It runs at most every
+// reportUnconfigured logs an error per tenant and sets the unconfigured-items
+// gauge for pending items without an enabled configuration for their tenant
+// and ecosystem, which no flush seals. It runs at most every
 // UnconfiguredEvery, because it reads every pending item.
 func (w *FlushWorker) reportUnconfigured(ctx context.Context) error {
 	w.unconfiguredMu.Lock()
@@ -145,7 +146,7 @@ func (w *FlushWorker) reportUnconfigured(ctx context.Context) error {
 	var oldest time.Time
 	_, err = pgx.ForEachRow(rows, []any{&tenantID, &ecosystem, &items, &oldest}, func() error {
 		totals[ecosystem] += items
-		w.Logger.Error("report items wait for a tenant with no enabled configuration; no flush seals them",
+		w.Logger.Error("report items are pending for a tenant without an enabled configuration, so no flush seals them; add or enable its tenant_config row",
 			"event", "flush.unconfigured_tenant", "tenant_id", tenantID, "ecosystem", ecosystem,
 			"items", items, "oldest_created_at", oldest)
 		return nil

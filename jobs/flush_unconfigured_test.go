@@ -1,11 +1,9 @@
 package jobs_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,29 +14,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/finnest/eventruntime/internal/pgtest"
+	"github.com/finnest/eventruntime/internal/testlog"
 	"github.com/finnest/eventruntime/jobs"
 	"github.com/finnest/eventruntime/tenant"
 )
 
-// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func TestFlushReportsItemsOfUnconfiguredTenants(t *testing.T) {
+func TestFlushReportsUnconfiguredTenants(t *testing.T) {
 	ctx := context.Background()
 	db := pgtest.NewDatabase(t)
 	require.NoError(t, tenant.Upsert(ctx, db.Pool, &tenant.Config{
@@ -62,7 +43,7 @@ func TestFlushReportsItemsOfUnconfiguredTenants(t *testing.T) {
 	insert("configured", "opin", 3) // no configuration for this ecosystem
 	insert("missing", "ofb", 4)     // no configuration at all
 
-	var logs syncBuffer
+	var logs testlog.Buffer
 	worker := &jobs.FlushWorker{
 		Logger:            slog.New(slog.NewJSONHandler(&logs, nil)),
 		Pool:              db.Pool,

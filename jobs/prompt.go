@@ -14,22 +14,22 @@ import (
 )
 
 // promptFlush seals a near-real-time tenant's items once its flush interval
-// has passed since a map job committed them, instead of waiting for the next
-// periodic flush, which River cannot run more often than once a second. It
-// works in the process that mapped the items: if that process dies before
-// the interval ends, the periodic flush of any process seals them, and two
-// processes sealing at once take disjoint items (FOR UPDATE SKIP LOCKED).
+// has passed since a map job committed them. Without it they would wait for
+// the periodic flush, which River runs at most once a second. It runs in the
+// process that mapped the items. If that process dies first, the periodic
+// flush of any process seals them. Two processes sealing at once take
+// disjoint items, because the seal locks with FOR UPDATE SKIP LOCKED.
 //
-// One goroutine per tenant and ecosystem waits at a time. After each seal it
-// looks for items still pending, such as items another process or the
-// periodic flush left behind, and waits again until the oldest is due.
+// At most one goroutine per tenant and ecosystem waits at a time. After each
+// seal it checks for items still pending, such as items another process
+// skipped, and waits again until the oldest is due.
 type promptFlush struct {
 	flush *FlushWorker
 
 	mu    sync.Mutex
 	armed map[tenantKey]bool
-	// skip holds tenants found not to be near-real-time, until when to
-	// take them at their word instead of reading their configuration.
+	// skip maps tenants found not to be near-real-time to the time their
+	// configuration is to be read again.
 	skip map[tenantKey]time.Time
 }
 
@@ -39,24 +39,24 @@ type tenantKey struct{ tenantID, ecosystem string }
 // to the periodic flush before its configuration is read again.
 const promptSkipFor = 10 * time.Second
 
-// promptSlack is added to each wait so the seal finds the oldest item due on
-// the database clock despite the time the seal's own queries take.
+// promptSlack is added to each wait, so the oldest item is due on the
+// database clock by the time the seal checks it.
 const promptSlack = 5 * time.Millisecond
 
-// promptRetry is the shortest wait between rounds.
+// promptRetry is the minimum wait between rounds.
 const promptRetry = 20 * time.Millisecond
 
 func newPromptFlush(flush *FlushWorker) *promptFlush {
 	return &promptFlush{flush: flush, armed: make(map[tenantKey]bool), skip: make(map[tenantKey]time.Time)}
 }
 
-// mapped arranges a flush of each tenant that has new pending items. Call it
-// after the items are committed, with the map job's context: the seal takes
-// the River client from it to enqueue submit jobs.
+// mapped starts a prompt flush for each tenant with new pending items, unless
+// one is waiting already. Call it after the items are committed, with the map
+// job's context, because the seal takes the River client from it.
 func (p *promptFlush) mapped(ctx context.Context, keys map[tenantKey]bool) {
 	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
 	if err != nil {
-		return // not run by a River client, as in some tests
+		return // the job was not run by a River client, as in some tests
 	}
 	for key := range keys {
 		if p.arm(key) {
@@ -66,7 +66,7 @@ func (p *promptFlush) mapped(ctx context.Context, keys map[tenantKey]bool) {
 }
 
 // arm marks key as having a waiting goroutine and reports whether the caller
-// is to be that goroutine.
+// is that goroutine.
 func (p *promptFlush) arm(key tenantKey) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -83,10 +83,9 @@ func (p *promptFlush) disarm(key tenantKey) {
 	p.mu.Unlock()
 }
 
-// run waits out the tenant's flush interval, seals what is due and repeats
-// while items are pending. It clears the armed mark before looking for
-// pending items, so an item committed after the look arms a goroutine of its
-// own.
+// run waits for the tenant's flush interval, seals what is due and repeats
+// while items are pending. It clears the armed mark before it checks for
+// pending items, so an item committed after the check starts a new run.
 func (p *promptFlush) run(ctx context.Context, client *river.Client[pgx.Tx], key tenantKey) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -103,13 +102,13 @@ func (p *promptFlush) run(ctx context.Context, client *river.Client[pgx.Tx], key
 			p.disarm(key)
 		}
 		if v := recover(); v != nil {
-			p.warn(key, fmt.Errorf("panic: %v", v))
+			p.warn(key, fmt.Errorf("prompt flush panicked: %v", v))
 		}
 	}()
 
 	var wait time.Duration
 	for first := true; ; first = false {
-		// Read the configuration on every round, so a tenant switched to
+		// Read the configuration every round, so a tenant switched to
 		// scheduled or disabled meanwhile is left to the periodic flush.
 		config, err := tenant.Get(ctx, p.flush.Pool, key.tenantID, key.ecosystem)
 		if err != nil || !config.Enabled || config.SubmissionMode != tenant.ModeNearRealTime {
@@ -140,29 +139,31 @@ func (p *promptFlush) run(ctx context.Context, client *river.Client[pgx.Tx], key
 		}
 		p.disarm(key)
 		armed = false
-		var pending bool
+		// The oldest pending item by id, through the pending-items index,
+		// so the check stays cheap while thousands of items are pending.
 		var seconds float64
 		err = p.flush.Pool.QueryRow(ctx, `
-			SELECT count(*) > 0,
-			       coalesce(extract(epoch FROM min(created_at) + $3 * interval '1 microsecond' - now()), 0)::float8
-			FROM report_items WHERE tenant_id = $1 AND ecosystem = $2 AND state = 'pending'`,
-			key.tenantID, key.ecosystem, config.FlushInterval.Microseconds()).Scan(&pending, &seconds)
+			SELECT extract(epoch FROM created_at + $3 * interval '1 microsecond' - now())::float8
+			FROM report_items WHERE tenant_id = $1 AND ecosystem = $2 AND state = 'pending'
+			ORDER BY id LIMIT 1`,
+			key.tenantID, key.ecosystem, config.FlushInterval.Microseconds()).Scan(&seconds)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && !p.arm(key)) {
+			return
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				p.warn(key, err)
 			}
 			return
 		}
-		if !pending || !p.arm(key) {
-			return
-		}
 		armed = true
-		// Items already due are held by another process's seal; give it
-		// a moment instead of spinning.
+		// Items already due are locked by another process's seal, so wait
+		// a moment for it instead of retrying at once.
 		wait = max(time.Duration(seconds*float64(time.Second)), promptRetry)
 	}
 }
 
+// warn logs a failed prompt flush of key.
 func (p *promptFlush) warn(key tenantKey, err error) {
 	p.flush.Logger.Warn("prompt flush failed; the periodic flush will seal the items",
 		"event", "flush.prompt_failed", "tenant_id", key.tenantID, "ecosystem", key.ecosystem, "error", err)

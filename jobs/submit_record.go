@@ -149,8 +149,7 @@ func (e *evidenceRows) addItem(sub *submission, item batchItem) (uuid.UUID, erro
 	return id, nil
 }
 
-// insert stores the rows with one COPY, far cheaper than a statement per
-// item for a batch of thousands.
+// insert stores the rows with one COPY instead of one INSERT per item.
 func (e evidenceRows) insert(ctx context.Context, tx pgx.Tx, sub *submission) error {
 	if len(e) == 0 {
 		return nil

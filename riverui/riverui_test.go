@@ -1,7 +1,6 @@
 package riverui_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +19,7 @@ import (
 	riveruihandler "riverqueue.com/riverui"
 
 	"github.com/finnest/eventruntime/internal/pgtest"
+	"github.com/finnest/eventruntime/internal/testlog"
 	"github.com/finnest/eventruntime/riverui"
 )
 
@@ -30,24 +29,6 @@ type noopArgs struct{}
 
 func (noopArgs) Kind() string { return "noop" }
 
-// syncBuffer is a log destination safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 const (
 	viewerPassword   = "viewer-password-1"
 	approverPassword = "approver-password-2"
@@ -56,7 +37,7 @@ const (
 type uiBundle struct {
 	client *river.Client[pgx.Tx]
 	db     *pgtest.Database
-	logs   *syncBuffer
+	logs   *testlog.Buffer
 	server *httptest.Server
 }
 
@@ -83,7 +64,7 @@ func setupUI(t *testing.T) *uiBundle {
 		{Name: "vera", Tier: riverui.TierViewer, PasswordHash: hash(t, viewerPassword)},
 		{Name: "arno", Tier: riverui.TierApprover, PasswordHash: hash(t, approverPassword)},
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, nil))
 	mux := http.NewServeMux()
 	mux.Handle("/riverui/", riverui.Protect(handler, users, logger))

@@ -47,8 +47,8 @@ type ConsumerConfig struct {
 	// Decoder decodes messages. Required.
 	Decoder Decoder
 
-	// FetchMaxWait is how long a fetch waits for a message when the stream
-	// holds none. Zero means 500 milliseconds.
+	// FetchMaxWait is how long a fetch waits for a message when none is
+	// available. Zero means 500 milliseconds.
 	FetchMaxWait time.Duration
 
 	// Linger is how long a batch that is not full waits for more messages
@@ -144,20 +144,19 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 }
 
 // Run fetches and processes batches until ctx is done. Once ctx is
-// cancelled it starts no new fetch; a fetch under way ends within
-// FetchMaxWait plus Linger. It finishes the batch in hand with a context
+// cancelled it starts no new fetch, and a fetch under way ends within
+// FetchMaxWait plus Linger. It finishes the current batch with a context
 // that is not cancelled, so no committed batch goes unacknowledged.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.logger.Info("consumer started", "event", "consumer.started")
 	defer c.logger.Info("consumer stopped", "event", "consumer.stopped")
 
 	for ctx.Err() == nil {
-		// Take what the stream holds now. When it holds nothing, wait up to
-		// FetchMaxWait for one message. Then, unless the batch is full,
-		// wait up to Linger for more. A lone event waits at most Linger.
-		// A steady flow becomes a few large map jobs a second, not one
-		// small job per message: River fetches a queue's jobs at most
-		// every 100 ms, which limits how many jobs a second it runs.
+		// Take the messages available now, or wait up to FetchMaxWait for
+		// one. Then, unless the batch is full, wait up to Linger for more.
+		// A steady flow thus becomes a few large map jobs a second instead
+		// of many small ones. River fetches a queue's jobs at most every
+		// 100 ms (FetchCooldown), which caps the jobs it runs per second.
 		messages, err := c.fetch(c.cfg.BatchSize, 0)
 		if err == nil && len(messages) == 0 {
 			messages, err = c.fetch(1, c.cfg.FetchMaxWait)
@@ -180,10 +179,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// fetch pulls up to n messages. A zero wait takes only what the stream
-// holds now; otherwise the pull waits up to wait for n messages. The
-// messages received before an error are returned with it. Only a fetch
-// without an error counts for Healthy.
+// fetch pulls up to n messages. A zero wait returns only the messages
+// available now, and otherwise the pull waits up to wait for n messages. It
+// returns the messages received before an error along with the error. Only
+// a fetch without an error counts for Healthy.
 func (c *Consumer) fetch(n int, wait time.Duration) ([]jetstream.Msg, error) {
 	var batch jetstream.MessageBatch
 	var err error

@@ -1,11 +1,9 @@
 package worker_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/finnest/eventruntime/internal/demo"
+	"github.com/finnest/eventruntime/internal/testlog"
 	"github.com/finnest/eventruntime/outbox"
 	"github.com/finnest/eventruntime/sequin"
 	"github.com/finnest/eventruntime/worker"
@@ -148,7 +147,7 @@ func TestConsumerRedeliversAfterDatabaseError(t *testing.T) {
 	require.Zero(t, count(t, p, "SELECT count(*) FROM dead_letters"), "a database error is not poison")
 }
 
-func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
+func TestConsumerBatchesAvailableMessages(t *testing.T) {
 	t.Parallel()
 	p := setupPipeline(t, pipelineOpts{skipStandIn: true})
 	ctx := t.Context()
@@ -172,8 +171,8 @@ func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
 	consumer, err := worker.NewConsumer(ctx, worker.ConsumerConfig{
 		BatchSize: 256,
 		Decoder:   worker.DecodeSequin,
-		// Far longer than the test waits: a fetch that waited this long to
-		// fill its batch would never return in time.
+		// Far longer than the test waits, so a fetch that waited this long
+		// to fill its batch would fail the test.
 		FetchMaxWait: 5 * time.Minute,
 		Linger:       200 * time.Millisecond,
 		Handler: func(_ context.Context, _ pgx.Tx, events []*outbox.Event) error {
@@ -190,8 +189,8 @@ func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
 	go func() { done <- consumer.Run(runCtx) }()
 	defer func() {
 		stop()
-		// The last fetch returns when the stream has something or its
-		// wait ends; publish one message so it ends now.
+		// The last fetch returns when a message arrives or its wait ends,
+		// so publish one message to end it now.
 		msg, _ := sequinMessage(t, p, 9999, 0)
 		_ = conn.PublishMsg(msg)
 		<-done
@@ -202,20 +201,20 @@ func TestConsumerBatchesWhatTheStreamHolds(t *testing.T) {
 		case n := <-batches:
 			return n
 		case <-time.After(time.Minute):
-			t.Fatal("no batch within a minute")
+			t.Fatal("timed out after a minute waiting for a batch")
 			return 0
 		}
 	}
 	require.Equal(t, 256, receive(), "a full batch of what was waiting")
 	require.Equal(t, 44, receive(), "the rest after the linger, without waiting to fill the batch")
 
-	// A lone message is handled on its own once the linger ends.
+	// A single message is processed alone once the linger ends.
 	msg, _ := sequinMessage(t, p, 7000, 0)
 	require.NoError(t, conn.PublishMsg(msg))
 	require.Equal(t, 1, receive())
 }
 
-func TestConsumerBacksOffWhenFetchFails(t *testing.T) {
+func TestConsumerPausesAfterFailedFetch(t *testing.T) {
 	t.Parallel()
 	p := setupPipeline(t, pipelineOpts{skipStandIn: true})
 	ctx := t.Context()
@@ -228,7 +227,7 @@ func TestConsumerBacksOffWhenFetchFails(t *testing.T) {
 	stream, err := js.Stream(ctx, "OUTBOX")
 	require.NoError(t, err)
 
-	var logs syncBuffer
+	var logs testlog.Buffer
 	consumer, err := worker.NewConsumer(ctx, worker.ConsumerConfig{
 		Decoder:      worker.DecodeSequin,
 		FetchMaxWait: 100 * time.Millisecond,
@@ -253,22 +252,4 @@ func TestConsumerBacksOffWhenFetchFails(t *testing.T) {
 	failures := strings.Count(logs.String(), `"event":"consumer.fetch_failed"`)
 	require.Positive(t, failures, "the failing fetches must be logged")
 	require.LessOrEqual(t, failures, 8, "a failing fetch must be followed by a pause, not retried at once")
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and the test at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

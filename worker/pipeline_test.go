@@ -94,10 +94,10 @@ func TestPipelineRecordsDiscardedAndQuarantinedItems(t *testing.T) {
 	require.Empty(t, p.fake.Violations())
 }
 
-func TestPipelineSealsNearRealTimeItemsBetweenPeriodicFlushes(t *testing.T) {
+func TestPromptSealBetweenPeriodicFlushes(t *testing.T) {
 	t.Parallel()
 	// The periodic flush runs once at start and then not for an hour, so
-	// only the flush that follows each map job can seal these items.
+	// only the prompt flush after each map job can seal these items.
 	p := setupPipeline(t, pipelineOpts{flushEvery: time.Hour})
 	require.Eventually(t, func() bool {
 		return count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'flush' AND state = 'completed'") > 0
@@ -120,7 +120,7 @@ func TestPipelineSealsNearRealTimeItemsBetweenPeriodicFlushes(t *testing.T) {
 	require.Len(t, p.fake.Accepted(), 60)
 }
 
-func TestPipelineSealsItemsAPromptFlushHadToSkip(t *testing.T) {
+func TestPromptSealRetriesSkippedItem(t *testing.T) {
 	t.Parallel()
 	p := setupPipeline(t, pipelineOpts{flushEvery: time.Hour})
 	ctx := t.Context()
@@ -142,21 +142,21 @@ func TestPipelineSealsItemsAPromptFlushHadToSkip(t *testing.T) {
 		return count(t, p, "SELECT count(*) FROM report_items WHERE state = 'pending'") == 10
 	}, 30*time.Second, 20*time.Millisecond)
 
-	// Another sealer holds one item, so the flush that follows the map job
+	// The test locks one item as another sealer would, so the prompt flush
 	// seals the other nine and finds one still pending.
 	tx, err := p.db.Pool.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx)
-	var held int64
+	var heldItemID int64
 	require.NoError(t, tx.QueryRow(ctx,
-		`SELECT id FROM report_items WHERE state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE`).Scan(&held))
+		`SELECT id FROM report_items WHERE state = 'pending' ORDER BY id LIMIT 1 FOR UPDATE`).Scan(&heldItemID))
 	require.Eventually(t, func() bool {
 		return count(t, p, "SELECT count(*) FROM report_items WHERE state = 'accepted'") == 9
 	}, 30*time.Second, 50*time.Millisecond)
 	require.NoError(t, tx.Rollback(ctx))
 
 	require.Eventually(t, func() bool {
-		return count(t, p, "SELECT count(*) FROM report_items WHERE id = $1 AND state = 'accepted'", held) == 1
+		return count(t, p, "SELECT count(*) FROM report_items WHERE id = $1 AND state = 'accepted'", heldItemID) == 1
 	}, 30*time.Second, 50*time.Millisecond, "the held item must be sealed without a periodic flush")
 	require.Equal(t, 1, count(t, p, "SELECT count(*) FROM river_job WHERE kind = 'flush'"))
 }

@@ -29,11 +29,10 @@ import (
 	"github.com/finnest/eventruntime/sequin"
 )
 
-// DefaultDatabaseMaxConns is the service's least default connection limit.
-// The consumers, River's fetching and completion, and up to a dozen running
-// jobs each hold a connection at times. With pgxpool's own default, the
-// larger of four and the number of CPUs, they waited for one another on two
-// CPUs.
+// DefaultDatabaseMaxConns is the minimum default connection limit. The
+// consumers, River's fetching and completion, and up to a dozen running jobs
+// each use a connection at times. With pgxpool's default (the number of
+// CPUs, at least four) they waited for connections on two CPUs.
 const DefaultDatabaseMaxConns = 16
 
 // Config configures the service that `eventruntime serve` runs.
@@ -49,9 +48,9 @@ type Config struct {
 	// DatabaseURL is the PostgreSQL connection string. Required.
 	DatabaseURL string
 
-	// DatabaseMaxConns is the most connections the service opens. Zero
-	// means pool_max_conns of DatabaseURL if it has one, else the larger of
-	// DefaultDatabaseMaxConns and pgxpool's default.
+	// DatabaseMaxConns is the maximum number of connections the service
+	// opens. Zero means pool_max_conns of DatabaseURL if set, else the
+	// larger of DefaultDatabaseMaxConns and pgxpool's default.
 	DatabaseMaxConns int
 
 	// Decoder decodes the CDC connector's messages. Required.
@@ -127,7 +126,7 @@ type Config struct {
 	// RescueStuckJobsAfter is how long a job may stay in state running before
 	// River's rescuer makes it retryable. A process killed mid-job (SIGKILL,
 	// OOM) leaves its jobs running, so this bounds how long such a crash
-	// holds back the batches of its map and submit jobs. It must be at least
+	// delays the batches of its map and submit jobs. It must be at least
 	// JobTimeout. Zero means JobTimeout plus one minute (two minutes with the
 	// default timeout), far below River's own default of one hour.
 	RescueStuckJobsAfter time.Duration
@@ -215,7 +214,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 
 	poolConfig, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+		return nil, fmt.Errorf("invalid DATABASE_URL: %w", err)
 	}
 	if cfg.DatabaseMaxConns > 0 {
 		poolConfig.MaxConns = int32(cfg.DatabaseMaxConns)

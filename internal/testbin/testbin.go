@@ -1,5 +1,5 @@
 // Package testbin builds the eventruntime command once per test process, for
-// tests that run it as a real subprocess to send it signals or kill it.
+// tests that run it as a subprocess to signal or kill it.
 package testbin
 
 import (
@@ -36,12 +36,12 @@ func Path(t testing.TB) string {
 		}
 	})
 	if err != nil {
-		t.Fatalf("build eventruntime: %v", err)
+		t.Fatalf("go build of eventruntime failed: %v", err)
 	}
 	return path
 }
 
-// Remove deletes the binary. Call it from TestMain after the tests ran.
+// Remove deletes the binary. Call it from TestMain after the tests have run.
 func Remove() {
 	if dir != "" {
 		_ = os.RemoveAll(dir)
